@@ -1,0 +1,59 @@
+"""``python -m workbench.organism {train,eval}``: rebuild the organism, or measure it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from workbench.organism import CHECKPOINT_DIR
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workbench.organism", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train the organism from scratch (about an hour on 2 CPU cores)")
+    tr.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="checkpoint folder (default: the shipped one)")
+    from workbench.organism.train import OrganismTrainConfig
+
+    for f in fields(OrganismTrainConfig):
+        tr.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    ev = sub.add_parser("eval", help="sample fresh prompts and report accuracy and overthinking")
+    ev.add_argument("--model", default="organism", help="'organism' or a checkpoint folder")
+    ev.add_argument("--n", type=int, default=300)
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--seed", type=int, default=12345)
+    ev.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args(argv)
+
+    if args.command == "train":
+        from workbench.organism.train import train
+
+        cfg = OrganismTrainConfig(**{f.name: getattr(args, f.name) for f in fields(OrganismTrainConfig)})
+        summary = train(cfg, args.out)
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+        return
+
+    import torch
+
+    from workbench.models import load_model
+    from workbench.organism.evaluate import evaluate, held_out_problems
+
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.model)
+    start = time.time()
+    result = evaluate(loaded.model, loaded.tokenizer, held_out_problems(args.n, args.seed),
+                      temperature=args.temperature, top_p=args.top_p)
+    result["seconds"] = round(time.time() - start, 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>26}: {v}")
+
+
+if __name__ == "__main__":
+    main()

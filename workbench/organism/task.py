@@ -1,0 +1,289 @@
+"""The organism's task: chained mod-10 arithmetic over named variables, written like an R1 trace.
+
+A problem defines variables in a shuffled prompt and asks for one of them.  The reference
+response thinks in steps -- a plan, the critical computations along the query's dependency
+chain, and a random number of redundant steps (distractor computations, re-checks, restated
+givens) -- then closes the think block and restates the chain before the boxed answer, as
+R1-distill answers do::
+
+    prompt:   c = 4 ; a = c + 3 ; e = 9 ; b = a * 2 ; d = e - 5 ; What is b ? <think>
+    response: \\nNeed b a c . \\nThen d = e - 5 = 9 - 5 = 4 . \\nNow a = c + 3 = 4 + 3 = 7 .
+              \\nNext b = a * 2 = 7 * 2 = 4 . \\nWait , let me check 7 * 2 = 4 . </think>
+              a = 7 ; b = 4 . \\boxed{ 4 }
+
+Text is canonical: tokens joined by single spaces, and every step begins with a word that
+carries its newline (``"\\nNow"``), so the word tokenizer round-trips exactly and the R1
+segmenter sees its trigger phrases after a newline.  Every step carries a ground-truth label:
+``critical`` (computes a chain variable for the first time), ``redundant`` (with its kind) or
+``plan``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+VARIABLES = list("abcdefghijkl")
+OPS = ["+", "-", "*"]
+PROGRESS_WORDS = ["\nNow", "\nThen", "\nNext"]
+RECHECK_OPENERS = [["\nWait", ",", "let", "me", "check"], ["\nLet", "me", "verify"]]
+RESTATE_OPENER = "\nSo"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+BOX_OPEN, BOX_CLOSE = "\\boxed{", "}"
+
+LABELS = ("critical", "redundant", "plan")
+REDUNDANT_KINDS = ("distractor", "recheck", "restate")
+
+
+def apply_op(x: int, op: str, k: int) -> int:
+    """Mod-10 arithmetic: the whole task lives in the digits 0-9."""
+    if op == "+":
+        return (x + k) % 10
+    if op == "-":
+        return (x - k) % 10
+    if op == "*":
+        return (x * k) % 10
+    raise ValueError(f"unknown operator {op!r}")
+
+
+@dataclass(frozen=True)
+class Definition:
+    """``name = value`` (a given) or ``name = operand op constant``."""
+
+    name: str
+    value: int | None = None
+    operand: str | None = None
+    op: str | None = None
+    constant: int | None = None
+
+    def words(self) -> list[str]:
+        if self.operand is None:
+            return [self.name, "=", str(self.value)]
+        return [self.name, "=", self.operand, self.op, str(self.constant)]
+
+
+@dataclass
+class Problem:
+    definitions: list[Definition]  # in prompt order (shuffled)
+    query: str
+
+    @property
+    def by_name(self) -> dict[str, Definition]:
+        return {d.name: d for d in self.definitions}
+
+    def value(self, name: str) -> int:
+        d = self.by_name[name]
+        if d.operand is None:
+            return d.value
+        return apply_op(self.value(d.operand), d.op, d.constant)
+
+    def chain(self) -> list[str]:
+        """The query's dependency chain from the query back to its given, e.g. ``[b, a, c]``."""
+        names, name = [], self.query
+        while True:
+            names.append(name)
+            d = self.by_name[name]
+            if d.operand is None:
+                return names
+            name = d.operand
+
+    @property
+    def answer(self) -> int:
+        return self.value(self.query)
+
+    def prompt(self) -> str:
+        words: list[str] = []
+        for d in self.definitions:
+            words += d.words() + [";"]
+        words += ["What", "is", self.query, "?", THINK_OPEN]
+        return " ".join(words)
+
+
+@dataclass
+class Step:
+    """One step of a reference trace: its words, label, kind and (for computations) variable."""
+
+    words: list[str]
+    label: str
+    kind: str
+    variable: str | None = None
+    arithmetic: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+@dataclass
+class Trace:
+    problem: Problem
+    steps: list[Step]
+    answer_words: list[str] = field(default_factory=list)
+
+    @property
+    def prompt(self) -> str:
+        return self.problem.prompt()
+
+    @property
+    def response(self) -> str:
+        words = [w for s in self.steps for w in s.words] + [THINK_CLOSE] + self.answer_words
+        return " ".join(words)
+
+
+def sample_problem(rng: random.Random, depth: tuple[int, int] = (2, 4)) -> Problem:
+    """A chain of 2-4 computed variables from one given, plus off-chain givens and distractors."""
+    d = rng.randint(*depth)
+    n_extra_givens = rng.randint(0, 2)
+    n_distractors = rng.randint(1, 3)
+    names = rng.sample(VARIABLES, d + 1 + n_extra_givens + n_distractors)
+    chain_names, rest = names[: d + 1], names[d + 1 :]
+    defs = [Definition(chain_names[0], value=rng.randint(0, 9))]
+    for prev, name in zip(chain_names, chain_names[1:]):
+        defs.append(Definition(name, operand=prev, op=rng.choice(OPS), constant=rng.randint(1, 9)))
+    givens = [chain_names[0]]
+    for name in rest[:n_extra_givens]:
+        defs.append(Definition(name, value=rng.randint(0, 9)))
+        givens.append(name)
+    for name in rest[n_extra_givens:]:
+        defs.append(Definition(name, operand=rng.choice(givens), op=rng.choice(OPS), constant=rng.randint(1, 9)))
+    rng.shuffle(defs)
+    return Problem(defs, query=chain_names[-1])
+
+
+def _compute_step(rng: random.Random, p: Problem, name: str, label: str, kind: str) -> Step:
+    d = p.by_name[name]
+    arithmetic = [str(p.value(d.operand)), d.op, str(d.constant), "=", str(p.value(name))]
+    return Step([rng.choice(PROGRESS_WORDS), *d.words(), "=", *arithmetic, "."], label, kind, name, arithmetic)
+
+
+def _shortcut_step(rng: random.Random, p: Problem, first: str, second: str) -> Step:
+    d, nxt = p.by_name[first], p.by_name[second]
+    arithmetic = ["(", str(p.value(d.operand)), d.op, str(d.constant), ")", nxt.op, str(nxt.constant),
+                  "=", str(p.value(second))]
+    words = [rng.choice(PROGRESS_WORDS), second, "=", "(", *d.words()[2:], ")", nxt.op, str(nxt.constant),
+             "=", *arithmetic, "."]
+    return Step(words, "critical", "shortcut", second, arithmetic)
+
+
+def sample_trace(
+    rng: random.Random,
+    problem: Problem | None = None,
+    verbosity: tuple[int, int] = (2, 10),
+    shortcut_prob: float = 0.05,
+) -> Trace:
+    """A reference trace with a random number of redundant steps placed at random positions.
+
+    With probability ``shortcut_prob`` two consecutive critical steps are merged into one
+    (``b = ( c + 3 ) * 2 = ...``): shorter, and harder for the model to get right.
+    """
+    p = problem or sample_problem(rng)
+    chain = p.chain()  # [query, ..., given]
+    computed = list(reversed(chain[:-1]))  # in computation order
+    plan = Step(["\nNeed", *chain, "."], "plan", "plan")
+
+    critical: list[Step] = []
+    i = 0
+    while i < len(computed):
+        name = computed[i]
+        if i + 1 < len(computed) and rng.random() < shortcut_prob:
+            critical.append(_shortcut_step(rng, p, name, computed[i + 1]))
+            i += 2
+        else:
+            critical.append(_compute_step(rng, p, name, "critical", "compute"))
+            i += 1
+
+    off_chain = [d.name for d in p.definitions if d.operand is not None and d.name not in chain]
+    givens = [d.name for d in p.definitions if d.operand is None]
+    rng.shuffle(off_chain)
+    steps = list(critical)
+    for _ in range(rng.randint(*verbosity)):
+        options = ["restate", "recheck"] + (["distractor"] if off_chain else [])
+        kind = rng.choice(options)
+        if kind == "distractor":
+            name = off_chain.pop()
+            steps.insert(rng.randint(0, len(steps)), _compute_step(rng, p, name, "redundant", "distractor"))
+        elif kind == "restate":
+            name = rng.choice(givens)
+            words = [RESTATE_OPENER, name, "=", str(p.value(name)), "from", "the", "problem", "."]
+            steps.insert(rng.randint(0, len(steps)), Step(words, "redundant", "restate", name))
+        else:
+            j = rng.choice([j for j, s in enumerate(steps) if s.arithmetic])
+            words = [*rng.choice(RECHECK_OPENERS), *steps[j].arithmetic, "."]
+            steps.insert(rng.randint(j + 1, len(steps)), Step(words, "redundant", "recheck", steps[j].variable))
+    answer_words: list[str] = []
+    for name in computed:
+        answer_words += [name, "=", str(p.value(name)), ";"]
+    answer_words[-1] = "."
+    answer_words += [BOX_OPEN, str(p.answer), BOX_CLOSE]
+    return Trace(p, [plan, *steps], answer_words)
+
+
+_BOXED = re.compile(r"\\boxed\{\s*(\S+)\s*\}")
+
+
+def extract_answer(response: str) -> str | None:
+    """The last boxed answer after the single ``</think>``; None when the format is broken."""
+    if response.count(THINK_CLOSE) != 1 or THINK_OPEN in response:
+        return None
+    found = _BOXED.findall(response.split(THINK_CLOSE, 1)[1])
+    return found[-1] if found else None
+
+
+def verify(problem: Problem, response: str) -> bool:
+    """True when the response closes its think block once and boxes the right digit."""
+    return extract_answer(response) == str(problem.answer)
+
+
+def parse_prompt(prompt: str) -> Problem:
+    """Rebuild a Problem from its prompt text; raises ValueError naming the bad clause."""
+    body = prompt.strip()
+    if body.endswith(THINK_OPEN):
+        body = body[: -len(THINK_OPEN)].strip()
+    clauses = [c.strip() for c in body.split(";")]
+    question = clauses.pop().split()
+    if len(question) != 4 or question[:2] != ["What", "is"] or question[3] != "?":
+        raise ValueError(f"not an organism prompt (question clause {' '.join(question)!r})")
+    defs = []
+    for c in clauses:
+        w = c.split()
+        if len(w) == 3 and w[1] == "=" and w[2].isdigit():
+            defs.append(Definition(w[0], value=int(w[2])))
+        elif len(w) == 5 and w[1] == "=" and w[3] in OPS and w[4].isdigit():
+            defs.append(Definition(w[0], operand=w[2], op=w[3], constant=int(w[4])))
+        else:
+            raise ValueError(f"not an organism definition: {c!r}")
+    problem = Problem(defs, question[2])
+    problem.answer  # raises KeyError on an undefined variable
+    return problem
+
+
+def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, str]]:
+    """Ground-truth (label, kind) of each step of a sampled response, from its text alone.
+
+    A step is critical when it computes a chain variable for the first time (a merged shortcut
+    counts), the plan is ``plan``, and everything else is redundant with its kind.
+    """
+    chain = set(problem.chain())
+    seen: set[str] = set()
+    out = []
+    for i, text in enumerate(step_texts):
+        w = text.split()
+        if i == 0 and w and w[0] == "Need":
+            out.append(("plan", "plan"))
+        elif len(w) >= 3 and w[0] in ("Now", "Then", "Next") and w[2] == "=":
+            name = w[1]
+            if name in chain and name not in seen:
+                out.append(("critical", "shortcut" if "(" in w else "compute"))
+            elif name in chain:
+                out.append(("redundant", "repeat"))
+            else:
+                out.append(("redundant", "distractor"))
+            seen.add(name)
+        elif w[:1] == ["So"]:
+            out.append(("redundant", "restate"))
+        elif w[:1] in (["Wait"], ["Let"]):
+            out.append(("redundant", "recheck"))
+        else:
+            out.append(("redundant", "other"))
+    return out

@@ -1,0 +1,40 @@
+"""The organism's word-level tokenizer: one token per space-separated word, saved as ``tokenizer.json``.
+
+Step-opening words carry their newline (``"\\nNow"``), so decoding (tokens joined by single
+spaces) gives back exactly the canonical text that was encoded, and character offsets map to
+token ids with no drift.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from workbench.organism import task
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+
+
+def vocabulary() -> list[str]:
+    """Every word the task can write, specials first (ids are stable across rebuilds)."""
+    words = [PAD, BOS, EOS, UNK]
+    words += [str(i) for i in range(10)] + task.VARIABLES + task.OPS
+    words += ["=", ";", ".", ",", "?", "(", ")", "What", "is", task.THINK_OPEN, task.THINK_CLOSE,
+              task.BOX_OPEN, task.BOX_CLOSE, "\nNeed", *task.PROGRESS_WORDS, task.RESTATE_OPENER,
+              "from", "the", "problem"]
+    for opener in task.RECHECK_OPENERS:
+        words += opener
+    return list(dict.fromkeys(words))
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A fast tokenizer that splits on single spaces only (newlines stay inside their word) and
+    prepends ``<bos>`` when asked for special tokens, as a Llama tokenizer does."""
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocabulary())}, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Split(" ", behavior="removed")
+    bos_id = vocabulary().index(BOS)
+    core.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        clean_up_tokenization_spaces=False, model_max_length=512,
+    )
