@@ -63,3 +63,16 @@ def test_folder_without_config_is_named(tmp_path):
 def test_missing_hub_model_offline_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="someone/not-cached"):
         load_model("someone/not-cached")
+
+
+def test_organism_tokenizer_loads_through_autotokenizer(organism):
+    from transformers import AutoTokenizer
+
+    from workbench.organism import CHECKPOINT_DIR
+
+    tok = AutoTokenizer.from_pretrained(CHECKPOINT_DIR)
+    text = "a = 7 ; b = a * 2 ; What is b ? <think> \nNeed b a . </think> b = 4 . \\boxed{ 4 }"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert organism.tokenizer(text)["input_ids"] == ids

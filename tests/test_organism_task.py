@@ -106,8 +106,11 @@ def test_mod10_arithmetic():
 
 
 def test_tokenizer_roundtrips_exactly_with_no_unknown_words(tmp_path):
+    from transformers import Qwen2Config
+
     tok = build_tokenizer()
     tok.save_pretrained(tmp_path)
+    Qwen2Config(vocab_size=len(tok)).save_pretrained(tmp_path)  # a qwen2 config beside it, as in a checkpoint
     from transformers import AutoTokenizer
 
     loaded = AutoTokenizer.from_pretrained(tmp_path)

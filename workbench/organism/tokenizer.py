@@ -34,7 +34,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Split(" ", behavior="removed")
     bos_id = vocabulary().index(BOS)
     core.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
-    return PreTrainedTokenizerFast(
+    tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
         clean_up_tokenization_spaces=False, model_max_length=512,
     )
+    # AutoTokenizer maps model_type "qwen2" to Qwen2Tokenizer, which rebuilds a byte-level BPE and
+    # ignores this tokenizer.json.  An auto_map naming the generic backend skips that mapping (for
+    # qwen2, transformers never runs remote code from it), so AutoTokenizer loads this file as is.
+    tok.init_kwargs["auto_map"] = {"AutoTokenizer": [None, "TokenizersBackend"]}
+    return tok

@@ -2,7 +2,7 @@
 
 Supervised next-token training on freshly sampled traces, loss on the response only (the
 prompt's definitions are random and unpredictable), batches grouped by length so little
-compute goes to padding.  The run checkpoints atomically and keeps the best greedy accuracy.
+compute goes to padding.  The run checkpoints atomically and keeps the best accuracy at temperature 1.0.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class OrganismTrainConfig:
     eval_problems: int = 128
     seed: int = 0
     threads: int = 2
+    redundant_weight: float = 0.3
+    init_from: str = ""  # a checkpoint folder to continue from instead of random weights
 
 
 def model_config(cfg: OrganismTrainConfig, vocab_size: int, tok) -> Qwen2Config:
@@ -51,41 +53,68 @@ def model_config(cfg: OrganismTrainConfig, vocab_size: int, tok) -> Qwen2Config:
     )
 
 
-def training_batches(rng: random.Random, tok, batch_size: int, pool_batches: int = 16):
-    """Yield (input_ids, labels) batches; each pool of traces is sorted by length, then split."""
+def token_weights(trace: task.Trace, redundant_weight: float) -> list[float]:
+    """Loss weight of each response token (one token per word): a redundant step's body weighs
+    less, so the gradient goes to the lookups and arithmetic of the chain; its first word (the
+    model's choice of what to do next) and everything else weigh 1."""
+    weights: list[float] = []
+    for s in trace.steps:
+        body = redundant_weight if s.label == "redundant" else 1.0
+        weights += [1.0] + [body] * (len(s.words) - 1)
+    return weights + [1.0] * (len(trace.answer_words) + 2)  # </think>, the answer, EOS
+
+
+def training_batches(rng: random.Random, tok, batch_size: int, redundant_weight: float = 1.0,
+                     pool_batches: int = 16):
+    """Yield (input_ids, labels, weights) batches; each pool of traces is sorted by length, then split."""
     while True:
         rows = []
         for _ in range(batch_size * pool_batches):
             t = task.sample_trace(rng)
-            p = tok(t.prompt, add_special_tokens=False)["input_ids"]
-            r = tok(t.response, add_special_tokens=False)["input_ids"]
-            rows.append(([tok.bos_token_id, *p], [*r, tok.eos_token_id]))
+            p = tok(t.prompt)["input_ids"]
+            r = tok(t.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            rows.append((p, r, token_weights(t, redundant_weight)))
         rows.sort(key=lambda x: len(x[0]) + len(x[1]))
         batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
         rng.shuffle(batches)
         for b in batches:
-            width = max(len(p) + len(r) for p, r in b)
+            width = max(len(p) + len(r) for p, r, _ in b)
             ids = torch.full((len(b), width), tok.pad_token_id)
             labels = torch.full((len(b), width), -100)
-            for i, (p, r) in enumerate(b):
+            weights = torch.zeros((len(b), width))
+            for i, (p, r, w) in enumerate(b):
                 ids[i, : len(p) + len(r)] = torch.tensor(p + r)
                 labels[i, len(p) : len(p) + len(r)] = torch.tensor(r)
-            yield ids, labels
+                weights[i, len(p) : len(p) + len(r)] = torch.tensor(w)
+            yield ids, labels, weights
 
 
-def greedy_accuracy(model, tok, problems: list[task.Problem]) -> float:
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, weighted per target token and normalised by the total weight."""
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="none")
+    w = weights[:, 1:].flatten()
+    return (ce * w).sum() / w.sum()
+
+
+def sampled_accuracy(model, tok, problems: list[task.Problem], temperature: float = 1.0) -> float:
+    """Accuracy at the temperature the organism is judged at (greedy decoding of a half-trained
+    model loops on its most likely step, so it says little)."""
     out = sample(model, tok, encode_prompts(tok, [p.prompt() for p in problems]), max_new_tokens=320,
-                 temperature=0.0)
+                 temperature=temperature)
     return sum(task.verify(p, t) for p, t in zip(problems, out.texts)) / len(problems)
 
 
 def train(cfg: OrganismTrainConfig, out_dir: Path = CHECKPOINT_DIR) -> dict:
-    """Train, keep the checkpoint with the best greedy accuracy in ``out_dir``, return a summary."""
+    """Train, keep the checkpoint with the best sampled accuracy in ``out_dir``, return a summary."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = random.Random(cfg.seed)
     tok = build_tokenizer()
-    model = Qwen2ForCausalLM(model_config(cfg, len(tok), tok))
+    if cfg.init_from:
+        model = Qwen2ForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+    else:
+        model = Qwen2ForCausalLM(model_config(cfg, len(tok), tok))
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     schedule = lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, s / cfg.steps)))
@@ -93,11 +122,12 @@ def train(cfg: OrganismTrainConfig, out_dir: Path = CHECKPOINT_DIR) -> dict:
     eval_rng = random.Random(10_000 + cfg.seed)
     eval_problems = [task.sample_problem(eval_rng) for _ in range(cfg.eval_problems)]
     start, tokens, best, history = time.time(), 0, -1.0, []
-    batches = training_batches(rng, tok, cfg.batch_size)
+    batches = training_batches(rng, tok, cfg.batch_size, cfg.redundant_weight)
     for step in range(1, cfg.steps + 1):
         model.train()
-        ids, labels = next(batches)
-        loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels).loss
+        ids, labels, weights = next(batches)
+        logits = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long()).logits
+        loss = weighted_loss(logits, labels, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -107,8 +137,8 @@ def train(cfg: OrganismTrainConfig, out_dir: Path = CHECKPOINT_DIR) -> dict:
         minutes = (time.time() - start) / 60
         if step % cfg.eval_every == 0 or step == cfg.steps or minutes > cfg.max_minutes:
             model.eval()
-            acc = greedy_accuracy(model, tok, eval_problems)
-            row = {"step": step, "loss": round(loss.item(), 4), "greedy_accuracy": acc,
+            acc = sampled_accuracy(model, tok, eval_problems)
+            row = {"step": step, "loss": round(loss.item(), 4), "accuracy": acc,
                    "minutes": round(minutes, 2), "tokens_per_s": round(tokens / (time.time() - start))}
             history.append(row)
             print(json.dumps(row), flush=True)
@@ -118,7 +148,7 @@ def train(cfg: OrganismTrainConfig, out_dir: Path = CHECKPOINT_DIR) -> dict:
                 save_hf_atomic(model, tok, out_dir)
             if minutes > cfg.max_minutes:
                 break
-    summary = {"params": n_params, "config": asdict(cfg), "best_greedy_accuracy": best,
+    summary = {"params": n_params, "config": asdict(cfg), "best_accuracy": best,
                "minutes": round((time.time() - start) / 60, 2), "history": history}
     (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
