@@ -1,0 +1,165 @@
+"""Step ablation: do the steps the KFHs score highest matter for the answer?
+
+From correct traces, remove the m steps with the highest KFH score, the m lowest, or m random
+ones (the first step -- the plan -- always stays), then either force the end of thinking
+(append ``</think>``) and sample the answer, or let the model continue reasoning from the cut
+trace.  Each condition samples n answers per trace; pass@k uses the unbiased estimator
+1 - C(n-c, k) / C(n, k) in its stable product form, averaged over traces.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from tqdm.auto import tqdm
+
+from workbench.models import LoadedModel
+from workbench.traces import TraceRecord
+from workbench.verifiers import Verifier
+
+CONDITIONS = ("none", "high", "low", "random")
+MODES = ("forced", "continue")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - prod_{i=n-c+1..n} (1 - k/i)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def resolve_m(m: float, n_candidates: int) -> int:
+    """``m`` steps (an integer >= 1) or a fraction in (0, 1) of the removable steps (at least one)."""
+    if m >= 1:
+        if m != int(m):
+            raise ValueError(f"m must be an integer number of steps or a fraction in (0, 1), got {m}")
+        return int(m)
+    if m <= 0:
+        raise ValueError(f"m must be positive, got {m}")
+    return max(1, round(m * n_candidates))
+
+
+def choose_steps(scores: np.ndarray, m: int, condition: str, rng: np.random.Generator,
+                 protected: tuple[int, ...] = (0,)) -> list[int]:
+    """Indices of the ``m`` steps to remove under ``condition`` (never a protected one)."""
+    candidates = np.array([k for k in range(len(scores)) if k not in protected])
+    if condition == "none":
+        return []
+    if m > len(candidates):
+        raise ValueError(f"cannot remove {m} of {len(candidates)} removable steps")
+    if condition == "high":
+        picked = candidates[np.argsort(-scores[candidates], kind="stable")[:m]]
+    elif condition == "low":
+        picked = candidates[np.argsort(scores[candidates], kind="stable")[:m]]
+    elif condition == "random":
+        picked = rng.choice(candidates, size=m, replace=False)
+    else:
+        raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
+    return sorted(int(k) for k in picked)
+
+
+def ablated_prefix(record: TraceRecord, removed: list[int], mode: str) -> list[int]:
+    """Prompt + the kept steps' tokens, then ``</think>`` in forced mode (the model writes the rest)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+    drop = set(removed)
+    kept = [t for k, (s, e) in enumerate(record.seg.steps) if k not in drop for t in record.response_ids[s:e]]
+    return record.prompt_ids + kept + (record.close_ids if mode == "forced" else [])
+
+
+@torch.no_grad()
+def sample_continuations(model, prefix: list[int], n: int, max_new_tokens: int, temperature: float,
+                         eos_id: int, batch_size: int = 32) -> list[list[int]]:
+    """``n`` continuations of one prefix (EOS included when produced), prefilling it only once.
+
+    Pure temperature sampling (no top-k/top-p); temperature 0 is greedy.
+    """
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+    prefilled, first_logits = out.cache, out.logits[:, -1].float()
+    rows: list[list[int]] = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        cache = copy.deepcopy(prefilled)
+        cache.batch_repeat_interleave(b)
+        logits = first_logits.expand(b, -1)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        tokens = []
+        for _ in range(max_new_tokens):
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1)[:, 0]
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            tokens.append(nxt)
+            done |= nxt == eos_id
+            if done.all():
+                break
+            logits = model(input_ids=nxt[:, None], cache=cache, use_cache=True).logits[:, -1].float()
+        for row in torch.stack(tokens, 1).tolist():
+            rows.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+    return rows
+
+
+def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: list[np.ndarray], m: float,
+                 verifier: Verifier, n_samples: int = 32, ks: tuple[int, ...] = (1, 4, 16, 32), mode: str = "forced",
+                 temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 32,
+                 progress: bool = True) -> dict:
+    """pass@k per condition over the traces with more than m removable steps (ablation.json content).
+
+    ``step_scores[i]`` is trace i's per-step KFH score ``[K]``; ``max_new_tokens`` defaults to
+    2|F| + 8 in forced mode and to the trace's own response length + 2|F| + 8 when continuing.
+    """
+    if any(k > n_samples for k in ks):
+        raise ValueError(f"pass@k needs k <= n samples ({n_samples}); got k = {list(ks)}")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    tok = loaded.tokenizer
+    counts: dict[str, list[int]] = {c: [] for c in CONDITIONS}
+    per_trace, skipped = [], []
+    for r, s in tqdm(list(zip(records, step_scores)), desc=f"ablating steps ({mode})", disable=not progress):
+        s = np.asarray(s, dtype=np.float64)
+        if len(s) != r.n_steps:
+            raise ValueError(f"trace {r.trace_id!r}: {len(s)} step scores for {r.n_steps} steps")
+        m_r = resolve_m(m, r.n_steps - 1)
+        if r.n_steps - 1 <= m_r:
+            skipped.append(r.trace_id)
+            continue
+        f_len = r.seg.answer[1] - r.seg.answer[0]
+        budget = max_new_tokens or (2 * f_len + 8 + (len(r.response_ids) if mode == "continue" else 0))
+        row = {"trace_id": r.trace_id, "removed": {}, "correct": {}}
+        for cond in CONDITIONS:
+            removed = choose_steps(s, m_r, cond, rng)
+            prefix = ablated_prefix(r, removed, mode)
+            outs = sample_continuations(loaded.model, prefix, n_samples, budget, temperature, tok.eos_token_id,
+                                        batch_size)
+            head = r.close_ids if mode == "forced" else []
+            c = sum(verifier(r.prompt, tok.decode(head + o, skip_special_tokens=True), r.answer) for o in outs)
+            counts[cond].append(c)
+            row["removed"][cond], row["correct"][cond] = removed, c
+        per_trace.append(row)
+    conditions = {}
+    for cond in CONDITIONS:
+        conditions[cond] = {f"pass@{k}": (float(np.mean([pass_at_k(n_samples, c, k) for c in counts[cond]]))
+                                          if counts[cond] else None) for k in ks}
+        conditions[cond]["n_traces"] = len(counts[cond])
+    return {"n_traces": len(per_trace), "m": m, "conditions": conditions, "mode": mode, "n_samples": n_samples,
+            "temperature": temperature, "ks": list(ks), "skipped_too_few_steps": skipped, "per_trace": per_trace}
+
+
+def ablation_figure(result: dict) -> go.Figure:
+    """pass@k of each condition, grouped by k."""
+    ks = result["ks"]
+    fig = go.Figure()
+    for cond in CONDITIONS:
+        c = result["conditions"][cond]
+        fig.add_trace(go.Bar(name=cond, x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks]))
+    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="pass@k",
+                      title=f"Step ablation ({result['mode']}, m={result['m']}, {result['n_traces']} traces, "
+                            f"n={result['n_samples']})", legend_title="removed steps")
+    return fig

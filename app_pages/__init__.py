@@ -1,0 +1,1 @@
+"""Pages of the Streamlit app (one file per page) and the app-only helpers they share."""

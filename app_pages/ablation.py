@@ -1,0 +1,75 @@
+"""Step ablation: pass@k after removing the highest / lowest / random KFH-score steps.
+
+Plots ``ablation.json`` of the sidebar's run directory, and runs a small ablation in-process on
+the current trace set (its correct traces, the KFHs chosen on the Heads page).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from analyses.ablation import MODES, ablation_figure, run_ablation
+from app_pages.data import run_records
+from app_pages.export import figure_downloads
+from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, workspace
+from workbench.heads import head_name
+from workbench.traces import is_organism
+from workbench.verifiers import get_verifier
+
+
+def show(result: dict, name: str) -> None:
+    fig = ablation_figure(result)
+    st.plotly_chart(fig, key=f"fig-{name}")
+    figure_downloads(fig, name)
+    st.dataframe(pd.DataFrame(result["conditions"]).T, key=f"table-{name}")
+
+
+st.title("Step ablation")
+s = settings()
+path = Path(s.run_dir) / "ablation.json" if s.run_dir else None
+if path is not None and path.is_file():
+    st.subheader(f"From {path}")
+    try:
+        show(json.loads(path.read_text()), "ablation")
+    except (*USER_ERRORS, TypeError, json.JSONDecodeError) as e:
+        st.error(f"{path} is not an ablation.json this page can plot: {e}")
+else:
+    st.info("No ablation.json in the run directory (sidebar). Write one with `python experiments/ablate_steps.py "
+            "--model organism --kfh runs/discover/kfh.json --out DIR`, or run a small one here.")
+
+st.subheader("Run a small ablation")
+st.caption("Uses the correct traces of the current trace set and the KFHs chosen on the Heads page; "
+           "answers are sampled after `</think>` is forced (or the model continues reasoning).")
+c1, c2, c3, c4 = st.columns(4)
+n_traces = c1.number_input("traces", 1, 64, 4, key="abl_traces")
+m = c2.number_input("steps removed (m)", 1, 8, 1, key="abl_m")
+n_samples = c3.number_input("answers per trace", 1, 64, 8, key="abl_samples")
+mode = c4.selectbox("mode", MODES, key="abl_mode")
+if st.button("Run ablation", key="abl_run"):
+    loaded, ws = model_or_error(s), workspace(s)
+    if loaded is not None and ws is not None:
+        try:
+            records = {r.trace_id: r for r in run_records(ws, loaded)}
+            chosen = [i for i, t in enumerate(ws.traces) if t.correct and t.trace_id in records][: int(n_traces)]
+            if not chosen:
+                raise ValueError(f"{ws.source} has no correct trace to ablate")
+            heads = selected_heads(ws)
+            verifier = get_verifier("organism" if is_organism(loaded) else "math")
+            ks = tuple(k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n_samples)
+            with st.spinner(f"Sampling {n_samples} answers x 4 conditions x {len(chosen)} traces ..."):
+                result = run_ablation(loaded, [records[ws.traces[i].trace_id] for i in chosen],
+                                      [ws.step_scores(i, heads) for i in chosen], int(m), verifier,
+                                      n_samples=int(n_samples), ks=ks, mode=mode, progress=False)
+            st.session_state["ablation_run"] = {**result, "kfh": [head_name(h) for h in heads], "model": loaded.name}
+        except USER_ERRORS as e:
+            st.error(str(e))
+if result := st.session_state.get("ablation_run"):
+    st.markdown(f"**This session's run** (KFHs {', '.join(result['kfh'])}, {result['n_traces']} traces; "
+                f"{len(result['skipped_too_few_steps'])} skipped for too few steps)")
+    show(result, "ablation_app")
+    st.download_button("Download ablation.json", json.dumps(result, indent=2), "ablation.json", "application/json",
+                       key="abl_json", on_click="ignore")

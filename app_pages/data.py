@@ -1,0 +1,291 @@
+"""The app's data: one trace set with every head's step scores and SRA -- a *workspace*.
+
+A workspace is computed in-process (organism traces sampled on first open, or an uploaded trace
+file), with the same library calls as ``experiments/discover_heads.py``, or read back from the
+artefacts such a run wrote (``sra.csv``, ``kfh.json``, ``traces.jsonl``, ``scores.safetensors``).
+Nothing here touches Streamlit, so the page code stays about presentation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load_file
+
+from analyses.labels import get_labels, label_codes
+from analyses.sra import discover, sra_table
+from workbench.heads import Head, model_shape
+from workbench.kfh import load_kfh
+from workbench.models import LoadedModel
+from workbench.organism import task
+from workbench.steps import segment_text
+from workbench.traces import TraceRecord, default_preset, read_traces, sample_organism, write_traces
+from workbench.tracing import ScoreCache, trace_step_scores
+
+ENV_N_TRACES = "KFH_APP_N_TRACES"  # traces sampled on first open (tests set it small)
+ENV_CACHE = "KFH_APP_CACHE"  # the tracer's disk cache lives under it
+R1_KINDS = {1: "confused/branch", 2: "progression", 3: "summary", 4: "final answer"}
+UPLOAD_SUFFIXES = (".jsonl", ".parquet")
+TABLE_COLUMNS = ("layer", "head", "name", "sra", "ci_low", "ci_high")
+
+Progress = Callable[[float, str], None]
+
+
+def default_n_traces() -> int:
+    value = os.environ.get(ENV_N_TRACES, "64")
+    if not value.isdigit() or int(value) < 4:
+        raise ValueError(f"{ENV_N_TRACES}={value!r}: give a whole number of traces, at least 4")
+    return int(value)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "kfh-workbench"))
+
+
+@dataclass
+class TraceView:
+    """What the trace viewer shows of one trace."""
+
+    trace_id: str
+    prompt: str
+    response: str
+    step_texts: list[str]
+    labels: list[str | None]  # critical / redundant / plan / None (unknown)
+    kinds: list[str]
+    step_lengths: list[int]  # tokens per step
+    answer_len: int  # |F|: tokens after </think>, EOS included
+    total_len: int  # |q| + |o|
+    correct: bool | None
+
+
+@dataclass
+class Workspace:
+    """A labelled trace set, its per-head step scores ``[L, H, K]`` and the SRA table."""
+
+    source: str  # where it came from, in words
+    model: str
+    fingerprint: str
+    n_layers: int
+    n_heads: int
+    traces: list[TraceView]
+    scores: list[np.ndarray]
+    table: pd.DataFrame  # sra.csv columns: layer, head, name, sra, ci_low, ci_high, sra_discovery, ...
+    kfh: list[Head]  # the KFHs chosen by discovery (the default selection)
+    settings: dict = field(default_factory=dict)
+    baselines: dict | None = None  # trivial rankers (baselines.json)
+    run_dir: Path | None = None
+    records: list[TraceRecord] | None = None  # token-level traces, when computed in this process
+
+    def grid(self, column: str = "sra") -> np.ndarray:
+        """A column of the SRA table as a ``[layers, heads]`` array."""
+        grid = np.full((self.n_layers, self.n_heads), np.nan)
+        grid[self.table["layer"].to_numpy(), self.table["head"].to_numpy()] = self.table[column].to_numpy(float)
+        return grid
+
+    def ranking_column(self) -> str:
+        """Heads are chosen on the discovery split when the table has it (held-out SRA stays honest)."""
+        return "sra_discovery" if "sra_discovery" in self.table else "sra"
+
+    def top(self, n: int) -> list[Head]:
+        order = self.table.sort_values(self.ranking_column(), ascending=False, kind="stable", na_position="last")
+        return [(int(r.layer), int(r.head)) for r in order.head(n).itertuples()]
+
+    def step_scores(self, index: int, heads: list[Head]) -> np.ndarray:
+        """Trace ``index``'s per-step score, averaged over ``heads`` (one head: that head's)."""
+        if not heads:
+            raise ValueError("choose at least one head")
+        layers, hs = np.array(heads).T
+        return self.scores[index][layers, hs].mean(axis=0)
+
+
+def step_kinds(prompt: str, response: str, step_texts: list[str], preset: str) -> list[str]:
+    """Each step's kind: the organism's ground-truth kind, else the r1 segmenter's trigger kind."""
+    if preset == "organism":
+        try:
+            return [kind for _, kind in task.label_response(task.parse_prompt(prompt), [t.strip() for t in step_texts])]
+        except (ValueError, KeyError):
+            pass
+    seg = segment_text(response, preset)
+    if seg.ok and len(seg.step_kinds) == len(step_texts):
+        return [R1_KINDS.get(k, str(k)) for k in seg.step_kinds]
+    return ["?"] * len(step_texts)
+
+
+def _view(r: TraceRecord, labels: list[str | None], preset: str) -> TraceView:
+    return TraceView(r.trace_id, r.prompt, r.response, r.step_texts, labels,
+                     step_kinds(r.prompt, r.response, r.step_texts, preset), r.step_lengths,
+                     r.seg.answer[1] - r.seg.answer[0], len(r.input_ids), r.correct)
+
+
+def analyse(loaded: LoadedModel, records: list[TraceRecord], labels_spec: str, source: str,
+            progress: Progress, seed: int = 0, n_boot: int = 1000, chunk: int = 8) -> Workspace:
+    """Label, trace (through the disk score cache) and rank every head of ``records``."""
+    if len(records) < 4:
+        raise ValueError(f"{source}: {len(records)} usable trace(s); at least 4 are needed to split them into "
+                         "discovery and held-out halves")
+    progress(0.5, f"labelling steps ({labels_spec})")
+    labels = get_labels(labels_spec, records, loaded, progress=False)
+    items = [r.item() for r in records]
+    cache = ScoreCache(cache_dir() / "scores")
+    scores = []
+    for start in range(0, len(items), chunk):
+        progress(0.55 + 0.4 * start / len(items), f"tracing every head: {start}/{len(items)} traces")
+        scores += trace_step_scores(loaded, items[start : start + chunk], batch_size=chunk, cache=cache)
+    progress(0.95, "ranking heads by SRA")
+    arrays = [s.numpy() for s in scores]
+    result = discover(arrays, [label_codes(x) for x in labels], [r.step_lengths for r in records],
+                      seed=seed, n_boot=n_boot)
+    n_layers, n_heads, _ = model_shape(loaded.model.config)
+    preset = default_preset(loaded)
+    settings = {"n_traces": len(records), "traces": source, "preset": preset, "labels": labels_spec, "seed": seed,
+                "n_discovery": result.discovery.n_traces, "n_held_out": result.held_out.n_traces}
+    return Workspace(source, loaded.name, loaded.fingerprint, n_layers, n_heads,
+                     [_view(r, x, preset) for r, x in zip(records, labels)], arrays,
+                     pd.DataFrame(sra_table(result)), result.heads, settings, result.baselines, records=records)
+
+
+def organism_workspace(loaded: LoadedModel, n_traces: int, seed: int, progress: Progress) -> Workspace:
+    """First open: ``n_traces`` traces sampled by the organism, labelled by its ground truth.
+
+    The sampled set is kept as ``traces.jsonl`` in the cache folder (keyed on the weights), so a
+    restarted app reads it back, token ids and all, instead of sampling again.
+    """
+    path = cache_dir() / "traces" / f"organism-{loaded.fingerprint[:16]}-n{n_traces}-s{seed}.jsonl"
+    if path.is_file():
+        progress(0.0, f"reading {n_traces} cached organism traces")
+        records = read_traces(path, loaded, "organism")
+    else:
+        progress(0.0, f"sampling {n_traces} organism traces")
+        records = sample_organism(loaded, n_traces, seed=seed, progress=False)
+        tmp = write_traces(path.with_suffix(f".tmp{os.getpid()}"), records)
+        os.replace(tmp, path)  # a killed app never leaves a half-written set
+    return analyse(loaded, records, "organism", f"{n_traces} organism traces (seed {seed})", progress, seed=seed)
+
+
+def save_upload(name: str, data: bytes, folder: Path) -> Path:
+    """Write an uploaded trace file under ``folder`` with a safe version of its own name."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise ValueError(f"uploaded file {name!r}: expected a .jsonl or .parquet file of traces with 'prompt' and "
+                         f"'response' columns, not {suffix or 'a file without extension'!r}")
+    if not data.strip():
+        raise ValueError(f"uploaded file {name!r} is empty")
+    path = folder / (re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).stem) + suffix)
+    path.write_bytes(data)
+    return path
+
+
+def upload_workspace(loaded: LoadedModel, name: str, data: bytes, labels_spec: str, progress: Progress) -> Workspace:
+    """An uploaded JSONL/parquet of prompt + response, teacher-forced; errors name the file, line and field."""
+    progress(0.0, f"reading {name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_upload(name, data, Path(tmp))
+        if path.suffix == ".parquet":
+            check_parquet_columns(path, name)
+        try:
+            records = read_traces(path, loaded)
+        except (ValueError, KeyError) as e:
+            raise ValueError(str(e).replace(str(path), name)) from e
+    return analyse(loaded, records, labels_spec, f"upload {name}", progress)
+
+
+def check_parquet_columns(path: Path, name: str) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise ValueError(f"uploaded file {name!r} is not a readable parquet file ({e})") from e
+    missing = [c for c in ("prompt", "response") if c not in columns]
+    if missing:
+        raise ValueError(f"uploaded file {name!r}: missing column(s) {', '.join(map(repr, missing))} "
+                         f"(it has {', '.join(columns) or 'none'})")
+
+
+# --- run directories -------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON ({e})") from e
+    return rows
+
+
+def is_discover_run(run_dir: Path) -> bool:
+    return (run_dir / "sra.csv").is_file()
+
+
+def run_workspace(run_dir: str | Path) -> Workspace:
+    """The workspace a discover run wrote (``experiments/discover_heads.py --out DIR``)."""
+    run_dir = Path(run_dir)
+    needed = ["sra.csv", "kfh.json", "traces.jsonl", "scores.safetensors"]
+    missing = [f for f in needed if not (run_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"run directory {run_dir} lacks {', '.join(missing)}; write one with "
+                                f"python experiments/discover_heads.py --out {run_dir}")
+    table = pd.read_csv(run_dir / "sra.csv")
+    absent = [c for c in TABLE_COLUMNS if c not in table]
+    if absent:
+        raise ValueError(f"{run_dir / 'sra.csv'}: missing column(s) {', '.join(absent)}")
+    sel = load_kfh(run_dir / "kfh.json")
+    scores = load_file(str(run_dir / "scores.safetensors"))
+    preset = sel.settings.get("preset") or ("organism" if sel.model == "organism" else "r1")
+    views, arrays = [], []
+    for i, row in enumerate(_read_jsonl(run_dir / "traces.jsonl"), 1):
+        tid = str(row.get("trace_id"))
+        if tid not in scores:
+            raise ValueError(f"{run_dir / 'traces.jsonl'}:{i}: trace {tid!r} has no scores in scores.safetensors")
+        steps, (f0, f1) = row["steps"], row["answer_span"]
+        if scores[tid].shape != (sel.n_layers, sel.n_heads, len(steps)):
+            raise ValueError(f"{run_dir / 'scores.safetensors'}: trace {tid!r} has scores of shape "
+                             f"{scores[tid].shape}, expected ({sel.n_layers}, {sel.n_heads}, {len(steps)})")
+        labels = row.get("labels") or [None] * len(steps)
+        views.append(TraceView(tid, row["prompt"], row["response"], row["step_texts"], labels,
+                               step_kinds(row["prompt"], row["response"], row["step_texts"], preset),
+                               [e - s for s, e in steps], f1 - f0, len(row["prompt_ids"]) + len(row["response_ids"]),
+                               row.get("correct")))
+        arrays.append(scores[tid])
+    baselines = run_dir / "baselines.json"
+    return Workspace(f"run {run_dir}", sel.model, sel.fingerprint, sel.n_layers, sel.n_heads, views, arrays, table,
+                     sel.heads, sel.settings, json.loads(baselines.read_text()).get("baselines")
+                     if baselines.is_file() else None, run_dir=run_dir)
+
+
+def run_records(ws: Workspace, loaded: LoadedModel) -> list[TraceRecord]:
+    """Token-level traces of the workspace, for analyses that run the model (ablation, stability)."""
+    if ws.records is not None:
+        return ws.records
+    if ws.fingerprint != loaded.fingerprint:
+        raise ValueError(f"{ws.source} was traced with model {ws.model!r} (fingerprint {ws.fingerprint}); choose "
+                         f"that model in the sidebar (now: {loaded.name!r}, fingerprint {loaded.fingerprint})")
+    return read_traces(ws.run_dir / "traces.jsonl", loaded, ws.settings.get("preset"))
+
+
+def list_runs(root: str | Path, artefact: str) -> list[Path]:
+    """Folders under ``root`` (any depth) holding ``artefact``, e.g. metrics.jsonl."""
+    root = Path(root)
+    return sorted(p.parent for p in root.rglob(artefact)) if root.is_dir() else []
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """A training run's ``metrics.jsonl`` as a table (one row per step)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    frame = pd.DataFrame(_read_jsonl(path))
+    if frame.empty:
+        return frame
+    if "step" not in frame:
+        raise ValueError(f"{path}: rows have no 'step' field")
+    return frame.sort_values("step")

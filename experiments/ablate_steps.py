@@ -1,0 +1,78 @@
+"""Step ablation: remove the m highest / lowest / random KFH-score steps of correct traces, measure pass@k.
+
+    python experiments/ablate_steps.py --model organism --kfh runs/discover/kfh.json --out runs/ablate
+    python experiments/ablate_steps.py --model organism --kfh runs/discover/kfh.json --mode continue --out ...
+
+Writes ablation.json {"n_traces", "m", "conditions": {"none"|"high"|"low"|"random": {"pass@k": ..}}, ...}
+and figures/ablation.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from analyses.ablation import MODES, ablation_figure, run_ablation
+from analyses.figures import save_figure
+from workbench.kfh import load_kfh
+from workbench.models import LoadedModel, load_model
+from workbench.traces import add_trace_arguments, is_organism, traces_from_args
+from workbench.tracing import trace_step_scores
+from workbench.verifiers import get_verifier
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="organism")
+    p.add_argument("--device", default=None)
+    p.add_argument("--kfh", required=True, type=Path, help="kfh.json written by discover_heads.py for this model")
+    p.add_argument("--out", required=True, type=Path)
+    add_trace_arguments(p, n_traces=100)
+    p.add_argument("--m", type=float, default=2, help="steps to remove: an integer, or a fraction in (0, 1)")
+    p.add_argument("--n-samples", type=int, default=32, help="answers sampled per trace and condition")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 32])
+    p.add_argument("--mode", choices=MODES, default="forced",
+                   help="forced: append </think> and sample the answer; continue: let the model keep reasoning")
+    p.add_argument("--answer-temperature", type=float, default=1.0)
+    p.add_argument("--answer-max-new-tokens", type=int, default=None)
+    p.add_argument("--verifier", default=None, help="organism | math (default: organism for the organism)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="answers sampled at once")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> dict:
+    """Run the study; ``loaded`` (optional) is the model ``--model`` names, already loaded."""
+    args = parse_args(argv)
+    loaded = loaded or load_model(args.model, device=args.device)
+    sel = load_kfh(args.kfh, loaded)
+    verifier = get_verifier(args.verifier or ("organism" if is_organism(loaded) else "math"))
+    # a seed apart from discovery's default, so these are fresh problems for the organism sampler
+    records = traces_from_args(args, loaded, correct_only=True, seed=args.seed + 1_000_003)
+    scores = trace_step_scores(loaded, [r.item() for r in records], heads=sel.heads, progress=True)
+    step_scores = [s.numpy().mean(axis=0) for s in scores]
+    result = run_ablation(loaded, records, step_scores, args.m, verifier, n_samples=args.n_samples, ks=tuple(args.k),
+                          mode=args.mode, temperature=args.answer_temperature,
+                          max_new_tokens=args.answer_max_new_tokens, seed=args.seed, batch_size=args.batch_size)
+    result["kfh"] = sel.names
+    result["model"] = loaded.name
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_figure(ablation_figure(result), args.out / "figures", "ablation")
+    print(f"\nstep ablation ({args.mode}, m={args.m}, KFHs {', '.join(sel.names)}) "
+          f"on {result['n_traces']} correct traces:")
+    for cond, row in result["conditions"].items():
+        print(f"  {cond:>6}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+    return result
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) and not np.isnan(v) else str(v)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

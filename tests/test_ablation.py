@@ -1,0 +1,137 @@
+"""Step ablation: pass@k against its closed form, step choice, the ablated prefix, the sampler, the run."""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.ablation import (ablated_prefix, ablation_figure, choose_steps, pass_at_k, resolve_m, run_ablation,
+                               sample_continuations)
+from workbench.traces import reference_organism
+from workbench.verifiers import grade_organism
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 32, 40])
+def test_pass_at_k_equals_the_closed_form(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k), abs=1e-12)
+
+
+def test_pass_at_k_edges_and_large_n():
+    assert pass_at_k(32, 0, 1) == 0.0 and pass_at_k(32, 32, 32) == 1.0
+    assert pass_at_k(32, 8, 1) == pytest.approx(0.25)
+    assert pass_at_k(2000, 1, 1000) == pytest.approx(0.5)  # C(n, k) overflows floats; the product does not
+    for n, c, k in [(4, 5, 1), (4, 1, 5), (4, 1, 0), (4, -1, 1)]:
+        with pytest.raises(ValueError):
+            pass_at_k(n, c, k)
+
+
+def test_resolve_m():
+    assert resolve_m(2, 10) == 2 and resolve_m(0.25, 10) == 2 and resolve_m(0.01, 10) == 1
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError):
+            resolve_m(bad, 10)
+
+
+def test_choose_steps():
+    scores = np.array([9.0, 0.1, 5.0, 3.0, 0.2, 5.0])
+    rng = np.random.default_rng(0)
+    assert choose_steps(scores, 2, "high", rng) == [2, 5]  # step 0 (the plan) is protected despite 9.0
+    assert choose_steps(scores, 2, "low", rng) == [1, 4]
+    assert choose_steps(scores, 2, "none", rng) == []
+    draws = {tuple(choose_steps(scores, 2, "random", rng)) for _ in range(50)}
+    assert len(draws) > 3 and all(0 not in d and len(set(d)) == 2 for d in draws)
+    with pytest.raises(ValueError, match="cannot remove 6 of 5"):
+        choose_steps(scores, 6, "high", rng)
+
+
+def test_ablated_prefix(tiny_qwen2):
+    r = reference_organism(tiny_qwen2.tokenizer, 1, seed=2)[0]
+    (s1, e1), (s2, e2) = r.seg.steps[1], r.seg.steps[2]
+    forced = ablated_prefix(r, [1, 2], "forced")
+    assert forced == r.prompt_ids + r.response_ids[: s1] + r.response_ids[e2 : r.seg.answer[0]]
+    assert tiny_qwen2.tokenizer.decode(forced[-1:]) == "</think>"
+    cont = ablated_prefix(r, [1], "continue")
+    assert cont == r.prompt_ids + r.response_ids[:s1] + r.response_ids[e1 : r.seg.steps[-1][1]]
+    assert ablated_prefix(r, [], "forced") == r.prompt_ids + r.response_ids[: r.seg.answer[0]]
+
+
+def test_greedy_continuations_match_generate(tiny_qwen2):
+    model, tok = tiny_qwen2.model, tiny_qwen2.tokenizer
+    prefix = reference_organism(tok, 1, seed=4)[0].prompt_ids
+    rows = sample_continuations(model, prefix, 3, 12, 0.0, eos_id=tok.eos_token_id, batch_size=2)
+    ref = model.generate(torch.tensor([prefix]), max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id)[0, len(prefix) :].tolist()
+    ref = ref[: ref.index(tok.eos_token_id) + 1] if tok.eos_token_id in ref else ref
+    assert rows == [ref] * 3
+
+
+def test_sampled_continuations_stop_at_eos(tiny_qwen2):
+    torch.manual_seed(0)
+    eos = tiny_qwen2.tokenizer.eos_token_id
+    rows = sample_continuations(tiny_qwen2.model, [1, 20, 21], 7, 30, 5.0, eos_id=eos, batch_size=3)
+    assert len(rows) == 7 and len({tuple(r) for r in rows}) > 1
+    for r in rows:
+        assert len(r) <= 30 and (eos not in r or r.index(eos) == len(r) - 1)
+
+
+def test_run_ablation_counts_and_skips(tiny_qwen2):
+    refs = reference_organism(tiny_qwen2.tokenizer, 3, seed=5)
+    scores = [np.arange(r.n_steps, dtype=float) for r in refs]
+    m = min(r.n_steps for r in refs) - 1  # the shortest trace would keep no removable step: skipped
+    too_short = [r.trace_id for r in refs if r.n_steps - 1 <= m]
+    assert 0 < len(too_short) < 3
+    res = run_ablation(tiny_qwen2, refs, scores, m, grade_organism, n_samples=4, ks=(1, 2, 4), seed=0,
+                       max_new_tokens=6, progress=False)
+    assert set(res["conditions"]) == {"none", "high", "low", "random"}
+    assert res["skipped_too_few_steps"] == too_short
+    assert res["n_traces"] == 3 - len(too_short) == res["conditions"]["high"]["n_traces"]
+    for row in res["per_trace"]:
+        assert row["removed"]["none"] == [] and len(row["removed"]["high"]) == m
+        assert all(0 <= c <= 4 for c in row["correct"].values())
+    with pytest.raises(ValueError, match="k <= n samples"):
+        run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=4, ks=(8,), progress=False)
+    assert len(ablation_figure(res).data) == 4
+
+
+def test_head_ablation_matches_plain_hooks(tiny_qwen2):
+    """nnsight's zero/mean ablation of heads during generation == a forward pre-hook on o_proj."""
+    from nnsight import TransformersModel
+
+    from analyses.causal import ablated_answers, forced_prefixes, head_means, random_head_sets
+
+    model, tok = tiny_qwen2.model, tiny_qwen2.tokenizer
+    prefixes = forced_prefixes(reference_organism(tok, 3, seed=6))
+    lm = TransformersModel(model, tokenizer=tok)
+    heads = [(0, 1), (1, 0), (1, 3)]
+    d = model.config.hidden_size // model.config.num_attention_heads
+    means = head_means(lm, prefixes, [0, 1], tok.pad_token_id, 2, tiny_qwen2.device)
+
+    def expected(fill: dict[int, torch.Tensor] | None) -> list[list[int]]:
+        def hook(layer):
+            def pre(mod, args):
+                x = args[0].clone()
+                for l, h in heads:
+                    if l == layer:
+                        x[..., h * d : (h + 1) * d] = 0 if fill is None else fill[layer][h * d : (h + 1) * d]
+                return (x,)
+            return pre
+        handles = [model.model.layers[l].self_attn.o_proj.register_forward_pre_hook(hook(l)) for l in (0, 1)]
+        try:
+            return [sample_continuations(model, p, 1, 8, 0.0, tok.eos_token_id)[0] for p in prefixes]
+        finally:
+            for h in handles:
+                h.remove()
+
+    assert ablated_answers(lm, tiny_qwen2, prefixes, heads, 8, 1) == expected(None)
+    assert ablated_answers(lm, tiny_qwen2, prefixes, heads, 8, 1, means) == expected(means)
+    intact = ablated_answers(lm, tiny_qwen2, prefixes, [], 8, 1)
+    assert intact == [sample_continuations(model, p, 1, 8, 0.0, tok.eos_token_id)[0] for p in prefixes]
+    draws = random_head_sets(model.config, heads, 3, 4, seed=0)
+    assert all(len(s) == 3 and not set(s) & set(heads) for s in draws) and len({tuple(s) for s in draws}) > 1
+    with pytest.raises(ValueError, match="cannot draw 6 random heads from the 5"):
+        random_head_sets(model.config, heads, 6, 1, seed=0)

@@ -1,0 +1,100 @@
+"""Config: YAML + dotted overrides, type-checked, errors naming the key, saved and re-read."""
+
+from pathlib import Path
+
+import pytest
+
+from workbench.config import Config, ConfigError, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ORGANISM = ROOT / "configs" / "organism"
+
+
+@pytest.mark.parametrize("method", ["rloo", "tlmre", "attnpo", "attnpo_pos", "attnpo_neg", "oracle"])
+def test_every_organism_config_loads_with_its_method(method):
+    cfg = load_config(ORGANISM / f"{method}.yaml")
+    assert cfg.method.name == method and cfg.model.name == "organism" and cfg.data.source == "organism"
+    if method.startswith("attnpo"):
+        assert cfg.kfh.path is not None
+
+
+def test_hf_config_loads():
+    cfg = load_config(ROOT / "configs" / "hf" / "smollm2.yaml")
+    assert cfg.model.name == "smollm2" and cfg.data.verifier == "math" and cfg.data.segmenter == "r1"
+    assert (ROOT / cfg.data.train_file).is_file() and (ROOT / cfg.data.eval_file).is_file()
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(ORGANISM / "attnpo.yaml", ["train.lr=1e-4", "method.name=tlmre", "rollout.group_size=4",
+                                                 "kfh.heads=[L3H1,L2H4]", "kfh.path=null", "train.threads=1",
+                                                 "logging.progress=false", "data.prompt_suffix=<think>"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.method.name == "tlmre" and cfg.rollout.group_size == 4 and cfg.train.threads == 1
+    assert cfg.kfh.heads == ["L3H1", "L2H4"] and cfg.kfh.path is None
+    assert cfg.logging.progress is False and cfg.data.prompt_suffix == "<think>"
+
+
+def test_defaults_without_a_file():
+    cfg = load_config(None, ["method.name=rloo"])
+    assert cfg.method.name == "rloo" and cfg.method.alpha == 0.2 and cfg.method.delay_horizon == 1000
+    assert cfg.train.clip_ratio == 0.2 and cfg.train.clip_ratio_c == 3.0 and cfg.train.kl_coef == 0.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", r"unknown config key 'train\.lrr'.*known keys in train: steps, lr"),
+    ("trainer.lr=1", r"unknown config key 'trainer'"),
+    ("train.steps=abc", r"train\.steps: expected int, got 'abc'"),
+    ("train.steps=2.5", r"train\.steps: expected int, got 2\.5"),
+    ("train.lr=fast", r"train\.lr: expected float, got 'fast'"),
+    ("logging.progress=3", r"logging\.progress: expected bool, got 3"),
+    ("rollout.group_size=true", r"rollout\.group_size: expected int, got True"),
+    ("kfh.heads=L3H1", r"kfh\.heads: expected a list"),
+    ("kfh.heads=[L3H1,3]", r"kfh\.heads\[1\]: expected str, got 3"),
+    ("method.name=grpo", r"method\.name: unknown method 'grpo'"),
+    ("rollout.top_p=1.5", r"rollout\.top_p: must be in \(0, 1\]"),
+    ("train.steps=0", r"train\.steps: must be at least 1"),
+    ("train.lr", r"not of the form section\.key=value"),
+    ("train.lr.x=1", r"train\.lr is not a section"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ORGANISM / "tlmre.yaml", [override])
+
+
+def test_kfh_methods_need_exactly_one_head_source():
+    with pytest.raises(ConfigError, match="kfh: method 'attnpo' needs exactly one of kfh.path"):
+        load_config(ORGANISM / "attnpo.yaml", ["kfh.path=null"])
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_config(ORGANISM / "attnpo.yaml", ["kfh.heads=[L1H1]"])
+    with pytest.raises(ConfigError, match=r"kfh\.heads\[0\]: bad head name 'X1'"):
+        load_config(ORGANISM / "attnpo.yaml", ["kfh.path=null", "kfh.heads=[X1]"])
+    load_config(ORGANISM / "tlmre.yaml")  # the baselines need no heads
+
+
+def test_oracle_needs_the_organism():
+    with pytest.raises(ConfigError, match="oracle uses the organism's true step labels"):
+        load_config(ROOT / "configs" / "hf" / "smollm2.yaml", ["method.name=oracle"])
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(bad)
+    bad.write_text("train:\n  warmup: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'train\.warmup'"):
+        load_config(bad)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(ORGANISM / "attnpo.yaml", ["train.lr=2e-4", "kfh.path=null", "kfh.heads=[L3H1]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and isinstance(again, Config)
+
+
+def test_organism_verifier_needs_organism_prompts():
+    with pytest.raises(ConfigError, match="data.verifier: the organism verifier reads organism prompts"):
+        load_config(ROOT / "configs" / "hf" / "smollm2.yaml", ["data.verifier=organism"])

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m workbench.bench <name> ...``, one module per benchmark in this package."""

@@ -1,0 +1,147 @@
+"""Native tracing: answer->step scores captured inside the model's own (SDPA / flash) forward pass.
+
+No T x T attention is ever built.  While a ``StepScoreRecorder`` is active, the model's attention
+implementation is swapped for a registered wrapper (``transformers.AttentionInterface``) that
+first computes, for the requested heads, only the answer rows of the attention, from the
+post-RoPE queries and keys the model hands it, then calls the original implementation unchanged.
+Those rows are reduced at once to step means: O(H·|F|·T) transient memory per layer (less,
+as rows are chunked), O(L·H·K) kept.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from workbench.heads import Head, check_heads, kv_head, model_shape
+from workbench.tracing.items import Span, check_spans
+from workbench.tracing.reduce import HeadLayout, span_means
+
+CHUNK_ELEMENTS = 1 << 24  # logits computed per chunk of answer rows: at most 64 MB of fp32
+_ACTIVE: dict[int, "StepScoreRecorder"] = {}  # id(model config) -> the recorder capturing from it
+
+
+def _capturing(original: str, name: str):
+    """An attention function that lets the active recorder see q/k, then runs ``original``."""
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        recorder = _ACTIVE.get(id(module.config))
+        if recorder is not None:
+            recorder.capture(module, query, key, attention_mask, kwargs)
+        own_eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        forward = ALL_ATTENTION_FUNCTIONS.get_interface(original, own_eager)  # as the modeling file does
+        module.config._attn_implementation = original  # flash attention picks its kernel by this name
+        try:
+            return forward(module, query, key, value, attention_mask, **kwargs)
+        finally:
+            module.config._attn_implementation = name
+
+    return attention
+
+
+def _register(original: str) -> str:
+    """Register (once) the capturing twin of an implementation, with the same mask builder."""
+    name = f"kfh_capture_{original}"  # keeps "flash" in the name, which transformers checks for
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _capturing(original, name))
+        if original in ALL_MASK_ATTENTION_FUNCTIONS:  # otherwise the model builds no mask for either
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+    return name
+
+
+def _mask_bias(mask, b: int, rows: range, n_keys: int, kwargs: dict, device) -> torch.Tensor:
+    """Additive fp32 bias [len(rows), n_keys] for answer rows of batch row b, as the model masks them."""
+    if mask is not None and mask.dim() == 4:  # SDPA (bool, True = attend) or eager (additive) mask
+        m = mask[b if mask.shape[0] > 1 else 0, 0, rows.start : rows.stop, :n_keys]
+        return m.float() if m.is_floating_point() else torch.zeros(m.shape, device=device).masked_fill(~m, -torch.inf)
+    if mask is not None and mask.dim() != 2:
+        raise NotImplementedError(f"native tracing cannot read an attention mask of type {type(mask).__name__}")
+    q = torch.arange(rows.start, rows.stop, device=device)[:, None]
+    k = torch.arange(n_keys, device=device)[None, :]
+    keep = k <= q  # mask None: plain causal (SDPA is_causal / flash); 2D: flash's padding mask
+    if kwargs.get("sliding_window"):
+        keep &= k > q - kwargs["sliding_window"]
+    if mask is not None:
+        keep = keep & mask[b, :n_keys].bool()[None, :]
+    return torch.zeros(keep.shape, device=device).masked_fill(~keep, -torch.inf)
+
+
+class StepScoreRecorder:
+    """Capture step scores of ``heads`` during an ordinary forward pass (no second pass).
+
+    ``rows[b] = (steps, answer)`` in padded-tensor coordinates of batch row b; padding is read
+    from the attention mask the model builds.  After the ``with`` block, ``scores[b]`` is a
+    float32 CPU tensor [len(heads), K_b].  The model's outputs are unchanged.  One forward pass
+    per recorder.
+    """
+
+    def __init__(self, model, heads: list[Head], rows: list[tuple[list[Span], Span]], names: list[str] | None = None):
+        self.model = model
+        self.layout = HeadLayout(check_heads(heads, model.config))
+        _, self.n_heads, self.n_kv = model_shape(model.config)
+        self.names = names or [f"batch row {b}" for b in range(len(rows))]
+        for (steps, answer), name in zip(rows, self.names):
+            check_spans(steps, answer, answer[1], name)
+        self.rows = rows
+        self.scores: list[torch.Tensor] = []
+        self._parts: list[dict[int, torch.Tensor]] = [{} for _ in rows]
+
+    def __enter__(self) -> "StepScoreRecorder":
+        config = self.model.config
+        if id(config) in _ACTIVE:
+            raise RuntimeError("a StepScoreRecorder is already active on this model")
+        self._original = config._attn_implementation or "eager"
+        config._attn_implementation = _register(self._original)
+        _ACTIVE[id(config)] = self
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        _ACTIVE.pop(id(self.model.config), None)
+        self.model.config._attn_implementation = self._original
+        if exc_type is None:
+            self.scores = [self._finish(parts, name) for parts, name in zip(self._parts, self.names)]
+
+    def _finish(self, parts: dict[int, torch.Tensor], name: str) -> torch.Tensor:
+        missing = [layer for layer in self.layout.by_layer if layer not in parts]
+        if missing:
+            raise RuntimeError(f"{name}: no attention call was seen for layers {missing}")
+        scores = self.layout.assemble(parts)
+        if not torch.isfinite(scores).all():
+            raise ValueError(f"{name}: NaN/inf in the step scores (is the answer span padding?)")
+        return scores
+
+    @torch.no_grad()
+    def capture(self, module, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict) -> None:
+        """query [B, H, T, D], key [B, KV, T, D] after RoPE -> step scores of this layer's heads."""
+        heads = self.layout.by_layer.get(module.layer_idx)
+        if not heads:
+            return
+        if query.shape[0] != len(self.rows) or query.shape[2] != key.shape[2]:
+            raise ValueError(f"recorder expects a full forward of {len(self.rows)} rows without cache, "
+                             f"got queries {tuple(query.shape)} and keys {tuple(key.shape)}")
+        if module.layer_idx in self._parts[0]:
+            raise RuntimeError(f"layer {module.layer_idx} was captured twice: use one recorder per forward pass")
+        if kwargs.get("softcap") or kwargs.get("s_aux") is not None:
+            raise NotImplementedError("native tracing does not support attention softcapping or sinks")
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        groups: dict[int, list[int]] = {}  # KV head -> positions in `heads` of the query heads reading it (GQA)
+        for i, h in enumerate(heads):
+            groups.setdefault(kv_head(h, self.n_heads, self.n_kv), []).append(i)
+        for b, (steps, (a0, a1)) in enumerate(self.rows):
+            if a1 > query.shape[2]:
+                raise ValueError(f"{self.names[b]}: answer span ({a0}, {a1}) is outside the {query.shape[2]} tokens")
+            keys = key[b, :, :a1].float()  # [KV, a1, D]
+            mass = torch.zeros(len(heads), a1, device=query.device)  # attention each key gets from F
+            chunk = max(1, CHUNK_ELEMENTS // (len(heads) * a1))
+            for r0 in range(a0, a1, chunk):
+                rows = range(r0, min(r0 + chunk, a1))
+                bias = _mask_bias(mask, b, rows, a1, kwargs, query.device)  # [rows, a1]
+                for kv, pos in groups.items():
+                    q = query[b, [heads[i] for i in pos], rows.start : rows.stop].float()  # [g, rows, D]
+                    logits = (q @ keys[kv].T) * scaling + bias  # [g, rows, a1], fp32
+                    mass[pos] += logits.softmax(-1).sum(1)
+            self._parts[b][module.layer_idx] = span_means(mass, steps)

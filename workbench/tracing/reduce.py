@@ -1,0 +1,50 @@
+"""The score itself: attention rows of the answer tokens reduced to one number per (head, step).
+
+S[h, k] = (1/|s_k|) * sum_{m in F} sum_{n in s_k} a[h, m -> n]   (attnpo-method.md §2)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from workbench.heads import Head
+from workbench.tracing.items import Span
+
+
+def span_means(column_sums: torch.Tensor, steps: list[Span]) -> torch.Tensor:
+    """[..., T] attention mass per key (summed over the answer rows) -> [..., K] mean over each step.
+
+    A float64 prefix sum keeps short steps exact even when T is 16k and the row mass is |F|.
+    """
+    prefix = F.pad(column_sums.double().cumsum(-1), (1, 0))
+    starts = torch.tensor([s for s, _ in steps], device=prefix.device)
+    ends = torch.tensor([e for _, e in steps], device=prefix.device)
+    return ((prefix[..., ends] - prefix[..., starts]) / (ends - starts)).float()
+
+
+def answer_step_scores(probs: torch.Tensor, steps: list[Span]) -> torch.Tensor:
+    """[..., |F|, T] attention probabilities of the answer rows -> [..., K] step scores."""
+    return span_means(probs.float().sum(-2), steps)
+
+
+class HeadLayout:
+    """Where each requested head lives: heads grouped by layer, and the way back to request order."""
+
+    def __init__(self, heads: list[Head]):
+        self.heads = list(heads)
+        self.by_layer: dict[int, list[int]] = {}
+        for layer, head in sorted(set(self.heads)):
+            self.by_layer.setdefault(layer, []).append(head)
+        flat = [(layer, h) for layer, hs in self.by_layer.items() for h in hs]
+        self._order = [flat.index(h) for h in self.heads]
+
+    def assemble(self, per_layer: dict[int, torch.Tensor]) -> torch.Tensor:
+        """{layer: [heads of that layer, K]} -> [len(heads), K] in request order, float32 on the CPU."""
+        stacked = torch.cat([per_layer[layer] for layer in self.by_layer])
+        return stacked[self._order].float().cpu()
+
+
+def pattern_step_scores(pattern: torch.Tensor, rows: list[tuple[list[Span], Span]], heads: list[int]) -> list[torch.Tensor]:
+    """Full [B, H, T, T] attention pattern of one layer -> per batch row [len(heads), K] scores."""
+    return [answer_step_scores(pattern[b, heads, a0:a1], steps) for b, (steps, (a0, a1)) in enumerate(rows)]

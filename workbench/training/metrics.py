@@ -1,0 +1,103 @@
+"""Per-step training metrics and where they go: ``metrics.jsonl`` always, TensorBoard / wandb on request.
+
+Step accounting, over the steps of rescalable responses (correct, at least two steps):
+``frac_steps_attenuated`` -- Pos-Adv shrank their positive advantage (judged unimportant);
+``frac_steps_protected`` -- Neg-Adv removed their negative advantage (judged important).
+On the organism, ``attenuation_precision`` is the share of attenuated steps that are truly
+redundant, and ``protection_precision`` the share of protected steps that are truly needed
+(critical or plan); both are null when no step was attenuated / protected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from workbench.advantages import StepGammas
+from workbench.config import LoggingConfig
+from workbench.training.rollout import Rollout
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def step_metrics(rollout: Rollout, rewards: torch.Tensor, gammas: StepGammas, step_mask: torch.Tensor) -> dict:
+    n = len(rollout.response_ids)
+    steps = [len(rollout.segments[i].steps) for i in range(n) if rollout.segments[i] is not None
+             and rollout.segments[i].ok]
+    n_steps = int(step_mask.sum())
+    row = {
+        "reward": rewards.mean().item(),
+        "accuracy": rollout.correct.float().mean().item(),
+        "mean_response_tokens": rollout.lengths.float().mean().item(),
+        "truncated_fraction": sum(rollout.truncated) / n,
+        "steps_per_response": sum(steps) / len(steps) if steps else None,
+        "rescaled_responses": sum(rollout.rescalable(i) for i in range(n)),
+        "frac_steps_attenuated": _ratio(int(gammas.attenuated.sum()), n_steps),
+        "frac_steps_protected": _ratio(int(gammas.protected.sum()), n_steps),
+    }
+    if all(p.problem is not None for p in rollout.prompts):
+        counts = {"steps": 0, "redundant": 0, "att": 0, "att_red": 0, "prot": 0, "prot_needed": 0}
+        for i in range(n):
+            labels = rollout.step_labels(i)
+            if labels is None:
+                continue
+            for k, label in enumerate(labels):
+                redundant = label == "redundant"
+                counts["steps"] += 1
+                counts["redundant"] += redundant
+                if gammas.attenuated[i, k]:
+                    counts["att"] += 1
+                    counts["att_red"] += redundant
+                if gammas.protected[i, k]:
+                    counts["prot"] += 1
+                    counts["prot_needed"] += not redundant
+        row["redundant_step_fraction"] = _ratio(counts["redundant"], counts["steps"])
+        row["attenuation_precision"] = _ratio(counts["att_red"], counts["att"])
+        row["protection_precision"] = _ratio(counts["prot_needed"], counts["prot"])
+    return row
+
+
+class MetricsLog:
+    """Appends one JSON line per step (flushed, so a killed run loses at most the line in flight)."""
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict):
+        self.file = open(Path(run_dir) / "metrics.jsonl", "a")
+        self.tb = self.wandb = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("logging.tensorboard is true but tensorboard is not installed "
+                                  "(pip install tensorboard)") from e
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("logging.wandb is true but wandb is not installed (pip install wandb)") from e
+            mode = os.environ.get("WANDB_MODE", "offline")  # set WANDB_MODE=online to sync
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), config=config, mode=mode)
+
+    def log(self, row: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        self.file.write(json.dumps(clean) + "\n")
+        self.file.flush()
+        numbers = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tb is not None:
+            for k, v in numbers.items():
+                self.tb.add_scalar(k, v, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
