@@ -21,6 +21,7 @@ from workbench.traces import TraceRecord
 from workbench.verifiers import Verifier
 
 CONDITIONS = ("none", "high", "low", "random")
+CACHE_TOKENS = 16384  # rows x prefix tokens held in one repeated KV cache: bounds memory on long traces
 MODES = ("forced", "continue")
 
 
@@ -77,14 +78,16 @@ def sample_continuations(model, prefix: list[int], n: int, max_new_tokens: int, 
                          eos_id: int, batch_size: int = 32) -> list[list[int]]:
     """``n`` continuations of one prefix (EOS included when produced), prefilling it only once.
 
-    Pure temperature sampling (no top-k/top-p); temperature 0 is greedy.
+    Pure temperature sampling (no top-k/top-p); temperature 0 is greedy.  Rows are decoded in
+    chunks of at most ``batch_size`` and ``CACHE_TOKENS // len(prefix)``.
     """
     device = next(model.parameters()).device
     out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
     prefilled, first_logits = out.cache, out.logits[:, -1].float()
     rows: list[list[int]] = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
+    chunk = max(1, min(batch_size, CACHE_TOKENS // len(prefix)))
+    for start in range(0, n, chunk):
+        b = min(chunk, n - start)
         cache = copy.deepcopy(prefilled)
         cache.batch_repeat_interleave(b)
         logits = first_logits.expand(b, -1)

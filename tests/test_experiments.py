@@ -142,10 +142,10 @@ def test_smollm2_on_real_r1_traces(smollm2, tmp_path):
     _check_discovery(d, smollm2, 4, 3)
 
     a = tmp_path / "ablate"
-    res = ablate_steps.main([*common, "--kfh", str(d / "kfh.json"), "--n-traces", "1", "--n-samples", "32",
-                             "--answer-max-new-tokens", "4", "--out", str(a)], loaded=smollm2)
+    res = ablate_steps.main([*common, "--kfh", str(d / "kfh.json"), "--n-traces", "1", "--n-samples", "4",
+                             "--k", "1", "4", "--answer-max-new-tokens", "4", "--out", str(a)], loaded=smollm2)
     assert res["n_traces"] == 1
-    _check_ablation(a, [1, 4, 16, 32])
+    _check_ablation(a, [1, 4])
 
     s = tmp_path / "stability"
     stability.main(["--checkpoints", "smollm2", "smollm2", "--traces", str(R1), "--max-tokens", "2100",
