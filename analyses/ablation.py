@@ -118,6 +118,7 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
     ``step_scores[i]`` is trace i's per-step KFH score ``[K]``; ``max_new_tokens`` defaults to
     2|F| + 8 in forced mode and to the trace's own response length + 2|F| + 8 when continuing.
     """
+    m = int(m) if float(m).is_integer() else float(m)  # "m": 2 in the JSON, not 2.0
     if any(k > n_samples for k in ks):
         raise ValueError(f"pass@k needs k <= n samples ({n_samples}); got k = {list(ks)}")
     rng = np.random.default_rng(seed)

@@ -26,13 +26,17 @@ from workbench.verifiers import Verifier
 ABLATIONS = ("zero", "mean")
 
 
+def check_layout(model) -> None:
+    """Head ablation edits the input of every layer's ``self_attn.o_proj``: refuse other layouts."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not all(hasattr(getattr(layer, "self_attn", None), "o_proj") for layer in layers):
+        raise TypeError(f"head ablation expects model.layers[i].self_attn.o_proj (Llama/Qwen2/Mistral layout); "
+                        f"{type(model).__name__} is laid out otherwise")
+
+
 def _o_proj(lm: TransformersModel, layer: int):
-    """The attention output projection of a layer (Llama/Qwen2/Mistral module layout)."""
-    try:
-        return lm.model.layers[layer].self_attn.o_proj
-    except AttributeError as e:
-        raise NotImplementedError("head ablation expects model.layers[i].self_attn.o_proj "
-                                  "(Llama/Qwen2/Mistral layout)") from e
+    """The attention output projection of a layer (layout checked by `check_layout`)."""
+    return lm.model.layers[layer].self_attn.o_proj
 
 
 def head_dim(config) -> int:
@@ -117,6 +121,7 @@ def run_causal(loaded: LoadedModel, records: list[TraceRecord], kfh: list[Head],
         raise ValueError("the causal check needs at least one trace")
     if n_random < 1:
         raise ValueError(f"the causal check needs at least one random head set, got n_random={n_random}")
+    check_layout(loaded.model)
     tok = loaded.tokenizer
     lm = TransformersModel(loaded.model, tokenizer=tok)
     prefixes = forced_prefixes(records)

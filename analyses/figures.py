@@ -1,17 +1,41 @@
 """Write plotly figures as HTML and, when a browser is there for kaleido, as PNG.
 
 Kaleido 1.x renders through Chrome/Chromium; where none is installed the PNG is skipped with one
-warning per process and the HTML (which needs nothing) is still written.
+warning per process and the HTML (which needs nothing) is still written.  On some machines the
+first PNG of a process takes minutes (kaleido's browser start-up), so one browser is kept for the
+whole process, and ``KFH_PNG=0`` turns PNG export off (the test suite does).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import warnings
 from pathlib import Path
 
 import plotly.graph_objects as go
 
 _png_disabled = False
+_server_started = False
+
+
+def png_enabled() -> bool:
+    return os.environ.get("KFH_PNG", "1") != "0" and not _png_disabled
+
+
+def _start_png_server() -> None:
+    """One headless browser for every PNG of this process, closed at exit."""
+    global _server_started
+    if _server_started:
+        return
+    _server_started = True
+    try:
+        import kaleido
+
+        kaleido.start_sync_server(silence_warnings=True)
+        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+    except (ImportError, AttributeError):  # an older kaleido: each PNG starts its own browser
+        pass
 
 
 def save_figure(fig: go.Figure, out_dir: str | Path, name: str) -> list[Path]:
@@ -22,8 +46,9 @@ def save_figure(fig: go.Figure, out_dir: str | Path, name: str) -> list[Path]:
     html = out_dir / f"{name}.html"
     fig.write_html(html, include_plotlyjs="directory")  # one plotly.min.js beside them, works offline
     written = [html]
-    if not _png_disabled:
+    if png_enabled():
         try:
+            _start_png_server()
             fig.write_image(out_dir / f"{name}.png", width=900, height=600)
             written.append(out_dir / f"{name}.png")
         except Exception as e:  # kaleido reports a missing browser with several exception types

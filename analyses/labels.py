@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from workbench.generation import left_pad
 from workbench.models import LoadedModel
 from workbench.organism import task
-from workbench.traces import TraceRecord
+from workbench.traces import TraceRecord, jsonl_rows
 
 CRITICAL, REDUNDANT = "critical", "redundant"
 Labels = list[list[str | None]]
@@ -69,27 +70,20 @@ def file_labels(path: str | Path, records: list[TraceRecord]) -> Labels:
     by_id = {r.trace_id: i for i, r in enumerate(records)}
     out: Labels = [[None] * r.n_steps for r in records]
     matched = 0
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from e
-            trace_id = str(row.get("trace_id", row.get("id", "")))
-            step = row.get("step", row.get("step_index"))
-            if not trace_id or not isinstance(step, int) or "label" not in row:
-                raise ValueError(f"{where}: each row needs trace_id, an integer step and a label")
-            if trace_id not in by_id:
-                continue  # a labels file may cover more traces than this set
-            i = by_id[trace_id]
-            if not 0 <= step < records[i].n_steps:
-                raise ValueError(f"{where}: trace {trace_id!r} has {records[i].n_steps} steps; step {step} "
-                                 "is out of range (was it segmented with another preset?)")
-            out[i][step] = _parse_label(row["label"], f"{where} (trace {trace_id!r}, step {step})")
-            matched += 1
+    for line_no, row in jsonl_rows(path):
+        where = f"{path}:{line_no}"
+        trace_id = str(row.get("trace_id", row.get("id", "")))
+        step = row.get("step", row.get("step_index"))
+        if not trace_id or not isinstance(step, int) or "label" not in row:
+            raise ValueError(f"{where}: each row needs trace_id, an integer step and a label")
+        if trace_id not in by_id:
+            continue  # a labels file may cover more traces than this set
+        i = by_id[trace_id]
+        if not 0 <= step < records[i].n_steps:
+            raise ValueError(f"{where}: trace {trace_id!r} has {records[i].n_steps} steps; step {step} "
+                             "is out of range (was it segmented with another preset?)")
+        out[i][step] = _parse_label(row["label"], f"{where} (trace {trace_id!r}, step {step})")
+        matched += 1
     if not matched:
         raise ValueError(f"{path}: no row matches any of the {len(records)} trace ids (e.g. {records[0].trace_id!r})")
     return out
@@ -140,18 +134,11 @@ def answer_logprobs(loaded: LoadedModel, rows: list[list[int]], answer_len: int,
     model, device = loaded.model, loaded.device
     out = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), loaded.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(chunk):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
+        ids, mask = left_pad(rows[start : start + batch_size], loaded.tokenizer.pad_token_id or 0, device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                        logits_to_keep=answer_len + 1).logits[:, :-1].float()
-        targets = ids[:, width - answer_len :]
+        targets = ids[:, ids.shape[1] - answer_len :]
         out.append(logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0].sum(-1).cpu())
     return torch.cat(out).numpy()
 

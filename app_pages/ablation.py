@@ -7,7 +7,6 @@ the current trace set (its correct traces, the KFHs chosen on the Heads page).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -15,10 +14,9 @@ import streamlit as st
 from analyses.ablation import MODES, ablation_figure, run_ablation
 from app_pages.data import run_records
 from app_pages.export import figure_downloads
-from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, workspace
+from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, show_run_file, workspace
 from workbench.heads import head_name
-from workbench.traces import is_organism
-from workbench.verifiers import get_verifier
+from workbench.traces import verifier_for
 
 
 def show(result: dict, name: str) -> None:
@@ -30,16 +28,8 @@ def show(result: dict, name: str) -> None:
 
 st.title("Step ablation")
 s = settings()
-path = Path(s.run_dir) / "ablation.json" if s.run_dir else None
-if path is not None and path.is_file():
-    st.subheader(f"From {path}")
-    try:
-        show(json.loads(path.read_text()), "ablation")
-    except (*USER_ERRORS, TypeError, json.JSONDecodeError) as e:
-        st.error(f"{path} is not an ablation.json this page can plot: {e}")
-else:
-    st.info("No ablation.json in the run directory (sidebar). Write one with `python experiments/ablate_steps.py "
-            "--model organism --kfh runs/discover/kfh.json --out DIR`, or run a small one here.")
+show_run_file(s, "ablation.json", show, "Write one with `python experiments/ablate_steps.py --model organism "
+              "--kfh runs/discover/kfh.json --out DIR`, or run a small one here.")
 
 st.subheader("Run a small ablation")
 st.caption("Uses the correct traces of the current trace set and the KFHs chosen on the Heads page; "
@@ -58,7 +48,7 @@ if st.button("Run ablation", key="abl_run"):
             if not chosen:
                 raise ValueError(f"{ws.source} has no correct trace to ablate")
             heads = selected_heads(ws)
-            verifier = get_verifier("organism" if is_organism(loaded) else "math")
+            verifier = verifier_for(loaded)
             ks = tuple(k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n_samples)
             with st.spinner(f"Sampling {n_samples} answers x 4 conditions x {len(chosen)} traces ..."):
                 result = run_ablation(loaded, [records[ws.traces[i].trace_id] for i in chosen],

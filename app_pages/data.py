@@ -27,7 +27,7 @@ from workbench.kfh import load_kfh
 from workbench.models import LoadedModel
 from workbench.organism import task
 from workbench.steps import segment_text
-from workbench.traces import TraceRecord, default_preset, read_traces, sample_organism, write_traces
+from workbench.traces import TraceRecord, default_preset, jsonl_rows, read_traces, sample_organism, write_traces
 from workbench.tracing import ScoreCache, trace_step_scores
 
 ENV_N_TRACES = "KFH_APP_N_TRACES"  # traces sampled on first open (tests set it small)
@@ -213,17 +213,6 @@ def check_parquet_columns(path: Path, name: str) -> None:
 # --- run directories -------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e})") from e
-    return rows
-
-
 def is_discover_run(run_dir: Path) -> bool:
     return (run_dir / "sra.csv").is_file()
 
@@ -244,7 +233,7 @@ def run_workspace(run_dir: str | Path) -> Workspace:
     scores = load_file(str(run_dir / "scores.safetensors"))
     preset = sel.settings.get("preset") or ("organism" if sel.model == "organism" else "r1")
     views, arrays = [], []
-    for i, row in enumerate(_read_jsonl(run_dir / "traces.jsonl"), 1):
+    for i, row in jsonl_rows(run_dir / "traces.jsonl"):
         tid = str(row.get("trace_id"))
         if tid not in scores:
             raise ValueError(f"{run_dir / 'traces.jsonl'}:{i}: trace {tid!r} has no scores in scores.safetensors")
@@ -283,7 +272,7 @@ def list_runs(root: str | Path, artefact: str) -> list[Path]:
 def read_metrics(run_dir: Path) -> pd.DataFrame:
     """A training run's ``metrics.jsonl`` as a table (one row per step)."""
     path = Path(run_dir) / "metrics.jsonl"
-    frame = pd.DataFrame(_read_jsonl(path))
+    frame = pd.DataFrame([row for _, row in jsonl_rows(path)])
     if frame.empty:
         return frame
     if "step" not in frame:

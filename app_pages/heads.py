@@ -13,6 +13,7 @@ from app_pages.state import USER_ERRORS, selected_heads, set_selected_heads, set
 from workbench.heads import head_name
 from workbench.kfh import KFHSelection, save_kfh
 
+
 def train_command(model: str, organism: bool, kfh_path: Path) -> str:
     """The trainer invocation that uses ``kfh_path``: the organism's AttnPO config, or the HF one
     (SmolLM2 by default; any other model is passed as ``model.name``)."""

@@ -8,7 +8,6 @@ fine-tuned for a few supervised steps when there are none).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -17,7 +16,7 @@ from analyses.labels import label_codes
 from analyses.stability import checkpoint_summary, compare, stability_figure
 from app_pages.data import cache_dir, list_runs, run_records
 from app_pages.export import figure_downloads
-from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, workspace
+from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, show_run_file, workspace
 from experiments.stability import supervised_finetune
 from workbench.heads import head_name
 from workbench.models import load_model
@@ -64,16 +63,8 @@ def run_stability(specs: list[str], n_traces: int, top_n: int, sft_steps: int) -
 
 st.title("Stability across checkpoints")
 s = settings()
-path = Path(s.run_dir) / "stability.json" if s.run_dir else None
-if path is not None and path.is_file():
-    st.subheader(f"From {path}")
-    try:
-        show(json.loads(path.read_text()), "stability")
-    except (*USER_ERRORS, TypeError, json.JSONDecodeError) as e:
-        st.error(f"{path} is not a stability.json this page can plot: {e}")
-else:
-    st.info("No stability.json in the run directory (sidebar). Write one with `python experiments/stability.py "
-            "--checkpoints organism runs/train/checkpoints/step_50 --out DIR`, or compare a few checkpoints here.")
+show_run_file(s, "stability.json", show, "Write one with `python experiments/stability.py --checkpoints organism "
+              "runs/train/checkpoints/step_50 --out DIR`, or compare a few checkpoints here.")
 
 st.subheader("Compare checkpoints")
 found = [str(c) for run in list_runs(s.runs_root, "metrics.jsonl") for c in list_checkpoints(run)]

@@ -9,10 +9,12 @@ across restarts.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import streamlit as st
 import torch
@@ -150,6 +152,20 @@ def workspace(s: Settings | None = None) -> Workspace | None:
     except USER_ERRORS as e:
         st.error(str(e))
         return None
+
+
+def show_run_file(s: Settings, name: str, show: Callable[[dict, str], None], hint: str) -> None:
+    """Plot ``name`` (e.g. ``ablation.json``) of the sidebar's run directory with ``show``, or say
+    why it cannot be plotted; without one, an info line ending in ``hint``."""
+    path = Path(s.run_dir) / name if s.run_dir else None
+    if path is None or not path.is_file():
+        st.info(f"No {name} in the run directory (sidebar). {hint}")
+        return
+    st.subheader(f"From {path}")
+    try:
+        show(json.loads(path.read_text()), path.stem)
+    except (*USER_ERRORS, TypeError, json.JSONDecodeError) as e:
+        st.error(f"Cannot plot {path}: {e}")
 
 
 def device_options() -> list[str]:

@@ -20,9 +20,8 @@ from analyses.ablation import MODES, ablation_figure, run_ablation
 from analyses.figures import save_figure
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel, load_model
-from workbench.traces import add_trace_arguments, is_organism, traces_from_args
+from workbench.traces import add_trace_arguments, traces_from_args, verifier_for
 from workbench.tracing import trace_step_scores
-from workbench.verifiers import get_verifier
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
     args = parse_args(argv)
     loaded = loaded or load_model(args.model, device=args.device)
     sel = load_kfh(args.kfh, loaded)
-    verifier = get_verifier(args.verifier or ("organism" if is_organism(loaded) else "math"))
+    verifier = verifier_for(loaded, args.verifier)
     # a seed apart from discovery's default, so these are fresh problems for the organism sampler
     records = traces_from_args(args, loaded, correct_only=True, seed=args.seed + 1_000_003)
     scores = trace_step_scores(loaded, [r.item() for r in records], heads=sel.heads, progress=True)

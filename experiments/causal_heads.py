@@ -18,8 +18,7 @@ from analyses.causal import ABLATIONS, causal_figure, run_causal
 from analyses.figures import save_figure
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel, load_model
-from workbench.traces import add_trace_arguments, is_organism, traces_from_args
-from workbench.verifiers import get_verifier
+from workbench.traces import add_trace_arguments, traces_from_args, verifier_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
     args = parse_args(argv)
     loaded = loaded or load_model(args.model, device=args.device)
     sel = load_kfh(args.kfh, loaded)
-    verifier = get_verifier(args.verifier or ("organism" if is_organism(loaded) else "math"))
+    verifier = verifier_for(loaded, args.verifier)
     records = traces_from_args(args, loaded, correct_only=True, seed=args.seed + 2_000_003)
     result = run_causal(loaded, records, sel.heads, verifier, ablation=args.ablation, n_random=args.n_random,
                         seed=args.seed, batch_size=args.batch_size)

@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("KFH_PNG", "0")  # HTML figures only: kaleido's browser can take minutes to start
 
 import pytest
 import torch

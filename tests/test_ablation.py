@@ -135,3 +135,17 @@ def test_head_ablation_matches_plain_hooks(tiny_qwen2):
     assert all(len(s) == 3 and not set(s) & set(heads) for s in draws) and len({tuple(s) for s in draws}) > 1
     with pytest.raises(ValueError, match="cannot draw 6 random heads from the 5"):
         random_head_sets(model.config, heads, 6, 1, seed=0)
+
+
+def test_head_ablation_refuses_another_layout(tiny_qwen2):
+    """A model without model.layers[i].self_attn.o_proj (here GPT-2) is refused by name, before any work."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from analyses.causal import run_causal
+    from workbench.models import LoadedModel
+
+    tok = tiny_qwen2.tokenizer
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=64, vocab_size=len(tok)))
+    loaded = LoadedModel(gpt2, tok, "tiny-gpt2", "gpt2-fingerprint")
+    with pytest.raises(TypeError, match="self_attn.o_proj.*GPT2LMHeadModel"):
+        run_causal(loaded, reference_organism(tok, 1, seed=0), [(0, 0)], grade_organism, progress=False)

@@ -280,3 +280,15 @@ def test_run_directory_from_the_command_line(tmp_path, monkeypatch):
     at.switch_page("app_pages/traces.py").run()
     clean(at)
     assert len(at.selectbox(key="trace_index").options) == 8
+
+
+def test_unreadable_run_files_are_named_not_raised(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ablation.json").write_text("{not json")
+    (run / "stability.json").write_text(json.dumps({"checkpoints": ["a"]}))  # no measures
+    at = start(run_dir=run)
+    for page, name in (("app_pages/ablation.py", "ablation.json"), ("app_pages/stability.py", "stability.json")):
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert [e.value for e in at.error] and all(str(run / name) in e.value for e in at.error)

@@ -98,3 +98,18 @@ def test_saved_config_round_trips(tmp_path):
 def test_organism_verifier_needs_organism_prompts():
     with pytest.raises(ConfigError, match="data.verifier: the organism verifier reads organism prompts"):
         load_config(ROOT / "configs" / "hf" / "smollm2.yaml", ["data.verifier=organism"])
+
+
+def test_organism_trainer_arguments_use_the_same_loader(capsys):
+    from workbench.config import load_dataclass
+    from workbench.organism.__main__ import main
+    from workbench.organism.train import OrganismTrainConfig
+
+    cfg = load_dataclass(OrganismTrainConfig, overrides=["steps=20", "max_minutes=5", "init_from=some/checkpoint"])
+    assert cfg.steps == 20 and cfg.max_minutes == 5.0 and isinstance(cfg.max_minutes, float)
+    assert cfg.init_from == "some/checkpoint" and OrganismTrainConfig().init_from is None
+    with pytest.raises(ConfigError, match="steps: expected int, got 'many'"):
+        load_dataclass(OrganismTrainConfig, overrides=["steps=many"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "stepz=3"])
+    assert exit_info.value.code == 2 and "unknown config key 'stepz'" in capsys.readouterr().err

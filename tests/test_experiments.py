@@ -175,6 +175,30 @@ def test_trace_files_bad_rows_are_named(tiny_qwen2, tmp_path):
         load_traces(str(tmp_path / "missing.jsonl"), tiny_qwen2, 1)
 
 
+def test_trace_files_give_the_first_n_usable_traces(tiny_qwen2, tmp_path):
+    """Segmentation, length and correctness filters apply before the first ``n`` are taken."""
+    from workbench.traces import load_traces, reference_organism
+
+    ref = reference_organism(tiny_qwen2.tokenizer, 6, seed=0)
+    rows = [{"id": r.trace_id, "prompt": r.prompt, "response": r.response, "is_correct": True} for r in ref]
+    rows[1]["response"] = "\nNow a = 1 ."  # no </think>
+    rows[2]["is_correct"] = False
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = [r.trace_id for r in ref]
+    with pytest.warns(UserWarning, match="1 x no </think>"):
+        assert [r.trace_id for r in read_traces(path, tiny_qwen2, n=2)] == [ids[0], ids[2]]
+    with pytest.warns(UserWarning, match="not known to be correct"):
+        got = load_traces(str(path), tiny_qwen2, 2, correct_only=True)
+    assert [r.trace_id for r in got] == [ids[0], ids[3]]
+    limit = len(ref[0].input_ids) - 1
+    short = [r.trace_id for i, r in enumerate(ref) if i != 1 and len(r.input_ids) <= limit]
+    assert short, "the reference traces should differ in length"
+    with pytest.warns(UserWarning, match=f"longer than {limit} tokens"):
+        got = load_traces(str(path), tiny_qwen2, 2, max_tokens=limit)
+    assert [r.trace_id for r in got] == short[:2] and all(len(r.input_ids) <= limit for r in got)
+
+
 def test_traces_generated_from_a_prompt_file(organism, tmp_path):
     import random
 

@@ -21,7 +21,7 @@ def test_reference_traces_verify_and_answer_matches_chain():
         assert chain[0] == p.query and p.by_name[chain[-1]].operand is None
         # the answer restates every computed chain variable, in computation order
         words = t.response.split("</think>")[1].split()
-        restated = [words[i - 1] for i, w in enumerate(words) if w == "=" ]
+        restated = [words[i - 1] for i, w in enumerate(words) if w.startswith("=")]
         assert restated == list(reversed(chain[:-1]))
 
 
@@ -50,8 +50,9 @@ def test_rechecks_follow_the_step_they_check():
     for t in traces():
         for i, s in enumerate(t.steps):
             if s.kind == "recheck":
-                assert any(prev.arithmetic and prev.arithmetic == s.words[-len(prev.arithmetic) - 1 : -1]
-                           for prev in t.steps[:i])
+                n = len(s.arithmetic)
+                assert s.arithmetic in [s.words[j : j + n] for j in range(len(s.words))]
+                assert any(prev.arithmetic == s.arithmetic for prev in t.steps[:i])
 
 
 def test_label_response_reproduces_reference_labels():
@@ -69,28 +70,34 @@ def test_label_response_marks_repeats_and_unknown_steps_redundant():
 
 
 @pytest.mark.parametrize("bad", [
-    "a = 1 ; b = a + 2 ; What is b ? </think> \\boxed{ 3 }",  # <think> in the response
+    "a =1 ; b =a +2 ; What is b ? </think> \\boxed{ 3 }",  # <think> in the response
     "no think close \\boxed{ 3 }",
     "x </think> y </think> \\boxed{ 3 }",
     "x </think> no box",
 ])
 def test_verifier_rejects_broken_format(bad):
-    p = task.parse_prompt("a = 1 ; b = a + 2 ; What is b ? <think>")
+    p = task.parse_prompt("a =1 ; b =a +2 ; What is b ? <think>")
     assert p.answer == 3
-    assert not task.verify(p, bad.replace("a = 1 ; b = a + 2 ; What is b ? ", "<think> "))
+    assert not task.verify(p, bad.replace("a =1 ; b =a +2 ; What is b ? ", "<think> "))
 
 
 def test_verifier_takes_last_box_after_think():
-    p = task.parse_prompt("a = 1 ; b = a * 7 ; What is b ? <think>")
-    assert task.verify(p, "\nNeed b a . </think> b = 7 . \\boxed{ 3 } \\boxed{ 7 }")
-    assert not task.verify(p, "\nNeed b a . \\boxed{ 7 } </think> b = 7 . \\boxed{ 3 }")
+    p = task.parse_prompt("a =1 ; b =a *7 ; What is b ? <think>")
+    assert task.verify(p, "\nNeed b a . </think> b =7 . \\boxed{ 3 } \\boxed{ 7 }")
+    assert not task.verify(p, "\nNeed b a . \\boxed{ 7 } </think> b =7 . \\boxed{ 3 }")
 
 
 def test_parse_prompt_names_the_bad_clause():
     with pytest.raises(ValueError, match="q = = 3"):
-        task.parse_prompt("a = 1 ; q = = 3 ; What is a ? <think>")
+        task.parse_prompt("a =1 ; q = = 3 ; What is a ? <think>")
+    with pytest.raises(ValueError, match="q =b /3"):  # an operator the task does not have
+        task.parse_prompt("a =1 ; b =a +1 ; q =b /3 ; What is a ? <think>")
     with pytest.raises(ValueError, match="question clause"):
-        task.parse_prompt("a = 1 ; Tell me a")
+        task.parse_prompt("a =1 ; Tell me a")
+    with pytest.raises(ValueError, match="variable 'z' but never defines it"):
+        task.parse_prompt("a =z +1 ; What is a ? <think>")
+    with pytest.raises(ValueError, match="in terms of itself"):
+        task.parse_prompt("a =b +1 ; b =a *2 ; What is b ? <think>")
 
 
 def test_prompt_roundtrip():
@@ -120,3 +127,35 @@ def test_tokenizer_roundtrips_exactly_with_no_unknown_words(tmp_path):
             assert loaded.unk_token_id not in ids
             assert loaded.decode(ids) == text
     assert loaded("a")["input_ids"][0] == loaded.bos_token_id
+
+
+def pairwise_accuracy(key, ts) -> float:
+    """SRA of a trivial step ranker over reference traces: (critical, redundant) pairs it orders right."""
+    per_trace = []
+    for t in ts:
+        steps = [(i, s) for i, s in enumerate(t.steps) if s.label != "plan"]
+        crit = [key(i, s) for i, s in steps if s.label == "critical"]
+        red = [key(i, s) for i, s in steps if s.label == "redundant"]
+        if crit and red:
+            per_trace.append(sum((a > b) + 0.5 * (a == b) for a in crit for b in red) / (len(crit) * len(red)))
+    return sum(per_trace) / len(per_trace)
+
+
+def test_step_length_and_position_do_not_give_the_labels_away():
+    ts = traces(600)
+    assert 0.4 < pairwise_accuracy(lambda i, s: len(s.words), ts) < 0.6  # longer ranks higher
+    assert 0.4 < pairwise_accuracy(lambda i, s: -i, ts) < 0.6  # earlier ranks higher
+
+
+def test_every_fact_a_step_reads_follows_a_name_in_one_token():
+    """The lookups the design promises: the ``=x`` of each chain variable appears once in the prompt,
+    and a critical step's ``c =4`` / ``a =7`` are the tokens right after the names it reads and writes."""
+    for t in traces(200):
+        p, words = t.problem, t.prompt.split()
+        for name in p.chain()[1:]:
+            assert words.count(task.ref_word(name)) == 1
+        for s in t.steps:
+            if s.kind == "compute":
+                d = p.by_name[s.variable]
+                assert s.words[1:] == [*d.words(), ",", d.operand, task.value_word(p.value(d.operand)), ",",
+                                       s.variable, task.value_word(p.value(s.variable)), "."]

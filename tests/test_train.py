@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.config import LoggingConfig, load_config
+from workbench.generation import Samples
 from workbench.organism import CHECKPOINT_DIR
 from workbench.tracing import TraceItem, trace_step_scores
 from workbench.training.batch import pack, response_logprobs
@@ -44,8 +45,8 @@ def organism_rollout(tok, n_prompts: int, group: int, seed: int = 0, wrong: tupl
     ids = [list(r) for r in ro.response_ids]
     for i in wrong:
         ids[i][-3] = digits[(digits.index(ids[i][-3]) + 1) % 10]  # "\boxed{ d }" <eos>
-    ro = assemble_rollout(tok, ro.prompts, ro.prompt_ids, ids, ro.truncated, n_prompts, group, grade_organism,
-                          "organism")
+    samples = Samples(ro.prompt_ids, ids, tok.batch_decode(ids, skip_special_tokens=True), ro.truncated)
+    ro = assemble_rollout(tok, ro.prompts, samples, n_prompts, group, grade_organism, "organism")
     assert ro.correct.view(-1).tolist() == [i not in wrong for i in range(n_prompts * group)]
     return ro
 
@@ -90,8 +91,7 @@ def test_step_scores_come_from_the_old_logprob_pass(tiny_qwen2):
     tok = tiny_qwen2.tokenizer
     rollout = organism_rollout(tok, 2, 3, wrong=(1,))
     packed = pack(rollout.prompt_ids, rollout.response_ids, tok.pad_token_id)
-    spans = [rollout.segments[i].absolute(len(p)) if rollout.rescalable(i) else None
-             for i, p in enumerate(rollout.prompt_ids)]
+    spans = rollout.spans()
     assert spans[1] is None and sum(s is not None for s in spans) == 5
     logp, scores = old_logprobs(tiny_qwen2.model, packed, micro_batch_size=2, heads=HEADS, spans=spans)
     plain, none = old_logprobs(tiny_qwen2.model, packed, micro_batch_size=4)

@@ -21,9 +21,11 @@ condition and the ``|q| + |o|`` denominator all follow the official code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
+
 
 @dataclass(frozen=True)
 class AttnPOParams:
@@ -141,10 +143,6 @@ class Method:
     scores: str | None  # None: no step scores; "kfh": KFH attention scores; "oracle": true step labels
     rescale: RescaleFn
 
-    @property
-    def uses_steps(self) -> bool:
-        return self.scores is not None
-
 
 METHODS: dict[str, Method] = {}
 
@@ -176,23 +174,7 @@ def _uniform(batch: StepBatch, params: AttnPOParams) -> StepGammas:
 
 register_method("rloo", length_penalty=False, scores=None)(_uniform)
 register_method("tlmre", length_penalty=True, scores=None)(_uniform)
-
-
-@register_method("attnpo", length_penalty=True, scores="kfh")
-def _attnpo(batch: StepBatch, params: AttnPOParams) -> StepGammas:
-    return step_gammas(batch, params, pos=True, neg=True)
-
-
-@register_method("attnpo_pos", length_penalty=True, scores="kfh")
-def _attnpo_pos(batch: StepBatch, params: AttnPOParams) -> StepGammas:
-    return step_gammas(batch, params, pos=True, neg=False)
-
-
-@register_method("attnpo_neg", length_penalty=True, scores="kfh")
-def _attnpo_neg(batch: StepBatch, params: AttnPOParams) -> StepGammas:
-    return step_gammas(batch, params, pos=False, neg=True)
-
-
-@register_method("oracle", length_penalty=True, scores="oracle")
-def _oracle(batch: StepBatch, params: AttnPOParams) -> StepGammas:
-    return step_gammas(batch, params, pos=True, neg=True)
+register_method("attnpo", length_penalty=True, scores="kfh")(step_gammas)
+register_method("attnpo_pos", length_penalty=True, scores="kfh")(partial(step_gammas, neg=False))
+register_method("attnpo_neg", length_penalty=True, scores="kfh")(partial(step_gammas, pos=False))
+register_method("oracle", length_penalty=True, scores="oracle")(step_gammas)  # true labels in place of KFH scores

@@ -4,7 +4,8 @@
 
 Every key is type-checked against its dataclass field; an unknown key or a bad value raises
 ``ConfigError`` naming the dotted key.  The resolved config is written into the run directory
-(``config.yaml``), which is also what ``--resume`` reads back.
+(``config.yaml``), which is also what ``--resume`` reads back.  ``load_dataclass`` is the same
+mechanism for any dataclass: the organism trainer's ``key=value`` arguments use it too.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import yaml
 
 from workbench.heads import parse_head
+
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -206,8 +211,10 @@ def merge_override(data: dict, parts: list[str], value) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- YAML file (if any) <- dotted overrides, type-checked."""
+def load_dataclass(cls: type[T], path: str | Path | None = None, overrides: list[str] = (),
+                   check: Callable[[T], None] | None = None) -> T:
+    """Defaults of the dataclass ``cls`` <- YAML file (if any) <- dotted overrides, type-checked,
+    then ``check``-ed; every error is a ConfigError naming the key (and the file)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -222,11 +229,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for text in overrides:
         merge_override(data, *parse_override(text))
     try:
-        cfg = _build(Config, data)
-        validate(cfg)
+        cfg = _build(cls, data)
+        if check is not None:
+            check(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
     return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The trainer config: ``load_dataclass`` on ``Config``, checked across fields by ``validate``."""
+    return load_dataclass(Config, path, overrides, check=validate)
 
 
 AT_LEAST_ONE = ("rollout.group_size", "rollout.prompts_per_step", "rollout.max_new_tokens", "rollout.batch_size",

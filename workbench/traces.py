@@ -34,7 +34,7 @@ from workbench.organism import task
 from workbench.organism.tokenizer import vocabulary
 from workbench.steps import PRESETS, Segmentation, segment_ids
 from workbench.tracing import TraceItem
-from workbench.verifiers import grade_math
+from workbench.verifiers import Verifier, get_verifier, grade_math
 
 FILE_SUFFIXES = (".jsonl", ".parquet")
 WRITTEN_FIELDS = ("trace_id", "prompt", "response", "step_texts", "labels", "steps", "answer_span", "prompt_ids",
@@ -87,6 +87,11 @@ def is_organism(loaded: LoadedModel) -> bool:
 
 def default_preset(loaded: LoadedModel) -> str:
     return "organism" if is_organism(loaded) else "r1"
+
+
+def verifier_for(loaded: LoadedModel, name: str | None = None) -> Verifier:
+    """The verifier ``name`` (organism | math), by default the organism's own for organism models."""
+    return get_verifier(name or ("organism" if is_organism(loaded) else "math"))
 
 
 def _segment(tokenizer, response_ids: list[int], preset: str) -> Segmentation:
@@ -168,11 +173,9 @@ def reference_organism(tokenizer, n: int, seed: int = 0) -> list[TraceRecord]:
     return records
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        return pd.read_parquet(path).to_dict(orient="records")
+def jsonl_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """The JSON objects of a JSONL file with their line numbers (blank lines skipped); errors name
+    the file and line."""
     rows = []
     with open(path) as f:
         for i, line in enumerate(f, 1):
@@ -184,8 +187,16 @@ def _read_rows(path: Path) -> list[dict]:
                 raise ValueError(f"{path}:{i}: not valid JSON ({e})") from e
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((i, row))
     return rows
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records")
+    return [row for _, row in jsonl_rows(path)]
 
 
 def _row_id(row: dict, i: int) -> str:
@@ -213,13 +224,14 @@ def _correctness(row: dict, prompt: str, response: str, answer: str | None, orga
 
 
 def read_traces(path: str | Path, loaded: LoadedModel, preset: str | None = None, n: int | None = None,
-                max_tokens: int | None = None) -> list[TraceRecord]:
-    """Teacher-forced traces from a JSONL/parquet file of prompt + response (first ``n`` that segment)."""
+                max_tokens: int | None = None, correct_only: bool = False) -> list[TraceRecord]:
+    """Teacher-forced traces from a JSONL/parquet file of prompt + response: the first ``n`` that
+    segment (and fit in ``max_tokens``, and are correct when asked)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trace file {path} does not exist")
     preset = preset or default_preset(loaded)
-    tok = loaded.tokenizer
+    tok, organism = loaded.tokenizer, is_organism(loaded)
     records, reasons, seen = [], Counter(), set()
     for i, row in enumerate(_read_rows(path)):
         if n is not None and len(records) >= n:
@@ -237,17 +249,23 @@ def read_traces(path: str | Path, loaded: LoadedModel, preset: str | None = None
             response_ids = tok(response, add_special_tokens=False)["input_ids"]
             if tok.eos_token_id is not None and response_ids[-1:] != [tok.eos_token_id]:
                 response_ids.append(tok.eos_token_id)  # F ends with EOS, as in a sampled response
+        if max_tokens is not None and len(prompt_ids) + len(response_ids) > max_tokens:
+            reasons[f"longer than {max_tokens} tokens"] += 1
+            continue
         seg = _segment(tok, response_ids, preset)
         if not seg.ok:
             reasons[seg.reason] += 1
             continue
         text = tok.decode(response_ids, skip_special_tokens=True)
         answer = None if row.get("answer") is None else str(row["answer"])
+        correct = _correctness(row, prompt, text, answer, organism)
+        if correct_only and not correct:
+            reasons["not known to be correct"] += 1
+            continue
         meta = {k: v for k, v in row.items() if k not in WRITTEN_FIELDS}
-        records.append(TraceRecord(trace_id, prompt, text, prompt_ids, response_ids, seg, answer,
-                                   _correctness(row, prompt, text, answer, is_organism(loaded)), meta))
+        records.append(TraceRecord(trace_id, prompt, text, prompt_ids, response_ids, seg, answer, correct, meta))
     _warn_dropped(str(path), reasons)
-    return _drop_long(records, max_tokens)
+    return records
 
 
 def read_prompts(path: Path) -> list[dict]:
@@ -274,7 +292,7 @@ def generate_traces(loaded: LoadedModel, path: str | Path, n: int, preset: str |
         raise ValueError(f"prompt file {path} holds no prompts")
     preset = preset or default_preset(loaded)
     torch.manual_seed(seed)
-    tok = loaded.tokenizer
+    tok, organism = loaded.tokenizer, is_organism(loaded)
     records, reasons, tries = [], Counter(), 0
     bar = tqdm(total=n, desc="generating traces", disable=not progress)
     while len(records) < n and tries < 10 * n + len(rows):
@@ -284,7 +302,7 @@ def generate_traces(loaded: LoadedModel, path: str | Path, n: int, preset: str |
         for j, (row, pids, rids, text) in enumerate(zip(chunk, out.prompt_ids, out.response_ids, out.texts)):
             seg = _segment(tok, rids, preset)
             answer = None if row.get("answer") is None else str(row["answer"])
-            correct = _correctness({}, row["prompt"], text, answer, is_organism(loaded))
+            correct = _correctness({}, row["prompt"], text, answer, organism)
             if not seg.ok or (correct_only and not correct):
                 reasons[seg.reason if not seg.ok else "wrong or unverifiable answer"] += 1
             elif len(records) < n:
@@ -310,7 +328,8 @@ def load_traces(source: str, loaded: LoadedModel, n: int, preset: str | None = N
     if source == "organism":
         if preset not in (None, "organism"):
             raise ValueError(f"the organism trace sampler segments with the organism preset, not {preset!r}")
-        return sample_organism(loaded, n, seed=seed, correct_only=correct_only, progress=progress, **sample_kw)
+        return _drop_long(sample_organism(loaded, n, seed=seed, correct_only=correct_only, progress=progress,
+                                          **sample_kw), max_tokens)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"trace source {source!r} is neither 'organism' nor an existing file")
@@ -320,13 +339,11 @@ def load_traces(source: str, loaded: LoadedModel, n: int, preset: str | None = N
         return _drop_long(records, max_tokens)
     if path.suffix not in FILE_SUFFIXES:
         raise ValueError(f"trace file {path} must be .jsonl, .parquet or (prompts only) .txt")
-    records = read_traces(path, loaded, preset, max_tokens=max_tokens)
-    if correct_only:
-        records = [r for r in records if r.correct]
+    records = read_traces(path, loaded, preset, n=n, max_tokens=max_tokens, correct_only=correct_only)
     if not records:
         raise ValueError(f"{path}: no usable traces (after segmentation{', correctness' if correct_only else ''}"
                          f"{' and length' if max_tokens else ''} filters)")
-    return records[:n]
+    return records
 
 
 def write_traces(path: str | Path, records: list[TraceRecord], labels: list[list[str | None]] | None = None) -> Path:

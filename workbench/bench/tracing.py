@@ -15,7 +15,8 @@ through /proc/self/clear_refs, and ``peak_mb`` = that peak minus the RSS with th
 (copies, nnsight/TransformerLens wrapping), done in a warm-up run at 128 tokens.  An address-space
 limit (free memory minus a margin) turns running out of memory into an error row instead of
 the OOM killer; a method that errs, is slower than ``--cap-s`` at one length, or would run past its
-worker's time budget, is skipped at longer ones.  SmolLM2 is de-quantised once into ~/.cache/kfh-workbench/bench/smollm2.
+worker's time budget (wall clock from the worker's launch, imports and loading included), is
+skipped at longer ones.  SmolLM2 is de-quantised once into ~/.cache/kfh-workbench/bench/smollm2.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import ctypes
 import itertools
 import json
+import math
 import os
 import resource
 import statistics
@@ -44,8 +46,9 @@ BACKEND_OF = {"native": "native", "nnsight": "nnsight", "transformer_lens": "tra
 K16 = [1024, 2048, 4096, 8192, 16384]
 # model -> (lengths, seconds each method's worker may take): about 15 minutes in all on 2 cores
 PLANS = {"organism": (K16, 40), "smollm2": (K16, 90), "qwen2-1.5b-shape": ([1024, 2048], 50)}
-QUICK = {"organism": ([256, 512], 60)}
+QUICK = {"organism": ([256, 512], 120)}  # runs take milliseconds: the budget only guards a loaded machine
 REPEATS, REPEAT_S = 3, 10.0  # median of up to 3 runs, fewer once a length has taken 10 s
+GROWTH = 2.5  # expected ratio of one run's seconds at the next length to those at the last
 SMOLLM2_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kfh-workbench" / "bench" / "smollm2"
 MARK = "BENCH-ROW "
 MARGIN_BYTES = 3 << 30  # memory left free for the rest of the machine
@@ -149,8 +152,12 @@ def _runner(loaded, method: str):
     return run
 
 
+def repeats_s(run_s: float) -> float:
+    """Seconds one length takes, all its repeats, when a single run takes ``run_s``."""
+    return run_s * min(REPEATS, max(1, math.ceil(REPEAT_S / run_s))) if run_s > 0 else 0.0
+
+
 def worker(spec: dict) -> None:
-    start = time.monotonic()
     torch.set_num_threads(spec["threads"])
     _limit_memory()
     emit = lambda row: print(MARK + json.dumps({"model": spec["model"], "method": spec["method"], **row}), flush=True)
@@ -161,7 +168,7 @@ def worker(spec: dict) -> None:
     run(synthetic_item(loaded.model.config.vocab_size, 128))
     last, skip = 0.0, None
     for length in lengths:
-        if skip is None and time.monotonic() - start + 2.5 * last > spec["budget_s"]:
+        if skip is None and time.time() - spec["launched"] + repeats_s(GROWTH * last) > spec["budget_s"]:
             skip = "time budget"
         if skip is not None:
             emit({"seq_len": length, "skipped": skip})
@@ -187,9 +194,15 @@ def worker(spec: dict) -> None:
 
 # ---------------------------------------------------------------- parent
 
+def failed_rows(model: str, method: str, lengths: list[int], error: str) -> list[dict]:
+    """An error row at the first of ``lengths``, and the others skipped because of it."""
+    return [{"model": model, "method": method, "seq_len": lengths[0], "error": error}] + [
+        {"model": model, "method": method, "seq_len": n, "skipped": f"failed at {lengths[0]}"} for n in lengths[1:]]
+
+
 def run_worker(spec: dict, timeout: float) -> list[dict]:
     """Run one worker subprocess; a crash, kill or timeout becomes an error row for the length it was on."""
-    cmd = [sys.executable, "-m", "workbench.bench", "tracing", "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "workbench.bench", "tracing", "--worker", json.dumps({**spec, "launched": time.time()})]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -203,10 +216,7 @@ def run_worker(spec: dict, timeout: float) -> list[dict]:
     missing = [n for n in spec["lengths"] if n not in done]
     if problem and missing:
         tail = err.strip().splitlines()[-1:] or [""]
-        rows.append({"model": spec["model"], "method": spec["method"], "seq_len": missing[0],
-                     "error": f"{problem}: {tail[0][:300]}"})
-        rows += [{"model": spec["model"], "method": spec["method"], "seq_len": n,
-                  "skipped": f"failed at {missing[0]}"} for n in missing[1:]]
+        rows += failed_rows(spec["model"], spec["method"], missing, f"{problem}: {tail[0][:300]}")
     return rows
 
 
@@ -216,8 +226,7 @@ def run_all(plans: dict, methods: list[str], cap_s: float, threads: int) -> list
         try:
             prepare(model)
         except Exception as e:  # a model that cannot be had here is a row, not a crash
-            rows += [{"model": model, "method": m, "seq_len": lengths[0], "error": f"{type(e).__name__}: {e}"}
-                     for m in methods]
+            rows += [row for m in methods for row in failed_rows(model, m, lengths, f"{type(e).__name__}: {e}")]
             continue
         for method in methods:
             spec = {"model": model, "method": method, "lengths": lengths, "cap_s": cap_s, "budget_s": budget_s,
@@ -251,7 +260,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--models", nargs="+", choices=sorted(PLANS), help="subset of models")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--lengths", nargs="+", type=int, help="override every model's sequence lengths")
-    p.add_argument("--budget-s", type=float, help="override every method's time budget (seconds per model)")
+    p.add_argument("--budget-s", type=float, help="override the time budget of every (model, method) worker, in seconds")
     p.add_argument("--cap-s", type=float, default=40.0, help="skip longer lengths after a run this slow")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -47,7 +47,6 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -90,8 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     learn_plain, learn_kfh = statistics.median(seconds["tlmre"]), statistics.median(seconds["attnpo"])
 
     packed = pack(rollout.prompt_ids, rollout.response_ids, loaded.tokenizer.pad_token_id)
-    spans = [rollout.segments[i].absolute(len(p)) if rollout.rescalable(i) else None
-             for i, p in enumerate(rollout.prompt_ids)]
+    spans = rollout.spans()
     micro = cfg.train.micro_batch_size
     pass_plain = _median_seconds(lambda: old_logprobs(loaded.model, packed, micro), args.repeats)
     pass_kfh = _median_seconds(lambda: old_logprobs(loaded.model, packed, micro, heads, spans), args.repeats)

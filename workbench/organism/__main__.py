@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from workbench.organism import CHECKPOINT_DIR
@@ -14,12 +13,12 @@ from workbench.organism import CHECKPOINT_DIR
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workbench.organism", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train the organism from scratch (about an hour on 2 CPU cores)")
+    tr = sub.add_parser("train", help="train the organism from scratch (about an hour on 2 CPU cores)",
+                        epilog="Overrides of OrganismTrainConfig (workbench/organism/train.py), key=value, e.g. "
+                               "steps=2000 lr=1e-3, or init_from=workbench/organism/checkpoint to continue "
+                               "training the shipped checkpoint instead of starting from random weights.")
     tr.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="checkpoint folder (default: the shipped one)")
-    from workbench.organism.train import OrganismTrainConfig
-
-    for f in fields(OrganismTrainConfig):
-        tr.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    tr.add_argument("overrides", nargs="*", help="key=value")
     ev = sub.add_parser("eval", help="sample fresh prompts and report accuracy and overthinking")
     ev.add_argument("--model", default="organism", help="'organism' or a checkpoint folder")
     ev.add_argument("--n", type=int, default=300)
@@ -30,9 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "train":
-        from workbench.organism.train import train
+        from workbench.config import ConfigError, load_dataclass
+        from workbench.organism.train import OrganismTrainConfig, train
 
-        cfg = OrganismTrainConfig(**{f.name: getattr(args, f.name) for f in fields(OrganismTrainConfig)})
+        try:
+            cfg = load_dataclass(OrganismTrainConfig, overrides=args.overrides)
+        except ConfigError as e:
+            tr.error(str(e))
         summary = train(cfg, args.out)
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
         return

@@ -6,16 +6,24 @@ chain, and a random number of redundant steps (distractor computations, re-check
 givens) -- then closes the think block and restates the chain before the boxed answer, as
 R1-distill answers do::
 
-    prompt:   c = 4 ; a = c + 3 ; e = 9 ; b = a * 2 ; d = e - 5 ; What is b ? <think>
-    response: \\nNeed b a c . \\nThen d = e - 5 = 9 - 5 = 4 . \\nNow a = c + 3 = 4 + 3 = 7 .
-              \\nNext b = a * 2 = 7 * 2 = 4 . \\nWait , let me check 7 * 2 = 4 . </think>
-              a = 7 ; b = 4 . \\boxed{ 4 }
+    prompt:   c =4 ; a =c +3 ; e =9 ; b =a *2 ; d =e -5 ; What is b ? <think>
+    response: \\nNeed b a c . \\nThen d =e -5 , e =9 , d =4 . \\nNow a =c +3 , c =4 , a =7 .
+              \\nNext b =a *2 , a =7 , b =4 . \\nWait , let me check that 7 *2 = 4 again . </think>
+              a =7 ; b =4 . \\boxed{ 4 }
+
+A word such as ``=c`` (defined from c), ``=4`` (has the value 4) or ``+3`` (plus 3) is one
+token, so every fact a step needs sits in the token right after a name it already wrote: a
+definition after the defined name, a value after the name in ``c =4``.  Looking facts up is
+then a one-token induction (copy what followed this name before); with ``a = c + 3`` spelt
+out, the model had to match two tokens back and stalled near 20% accuracy.  A computation names the variables it reads (``c =4``) so the final answer's
+``a =7`` and the critical steps share tokens, while re-checks repeat bare arithmetic.
 
 Text is canonical: tokens joined by single spaces, and every step begins with a word that
 carries its newline (``"\\nNow"``), so the word tokenizer round-trips exactly and the R1
 segmenter sees its trigger phrases after a newline.  Every step carries a ground-truth label:
 ``critical`` (computes a chain variable for the first time), ``redundant`` (with its kind) or
-``plan``.
+``plan``.  Redundant steps come in lengths on both sides of a critical step's, and distractors
+and restatements sit anywhere, so neither length nor position gives the labels away.
 """
 
 from __future__ import annotations
@@ -23,17 +31,40 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 VARIABLES = list("abcdefghijkl")
 OPS = ["+", "-", "*"]
 PROGRESS_WORDS = ["\nNow", "\nThen", "\nNext"]
-RECHECK_OPENERS = [["\nWait", ",", "let", "me", "check"], ["\nLet", "me", "verify"]]
-RESTATE_OPENER = "\nSo"
+# (opener, closer) around the repeated arithmetic / the restated given: a long and a short form each
+RECHECK_FORMS = [(["\nWait", ",", "let", "me", "check", "that"], ["again", "."]), (["\nLet", "me", "verify"], ["."])]
+RESTATE_FORMS = [(["\nSo"], ["from", "the", "problem", "."]),
+                 (["\nSo", "the", "problem", "says"], ["and", "we", "keep", "it", "in", "mind", "."])]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 BOX_OPEN, BOX_CLOSE = "\\boxed{", "}"
 
 LABELS = ("critical", "redundant", "plan")
 REDUNDANT_KINDS = ("distractor", "recheck", "restate")
+
+
+def value_word(v: int) -> str:
+    """``=4``: "has the value 4", one token."""
+    return f"={v}"
+
+
+def ref_word(name: str) -> str:
+    """``=c``: "is defined from c", one token."""
+    return f"={name}"
+
+
+def op_word(op: str, k: int) -> str:
+    """``+3``: an operator and its constant, one token."""
+    return f"{op}{k}"
+
+
+def is_op_word(word: str) -> bool:
+    """True for an operator-and-constant token such as ``+3``."""
+    return _OP.fullmatch(word) is not None
 
 
 def apply_op(x: int, op: str, k: int) -> int:
@@ -58,9 +89,10 @@ class Definition:
     constant: int | None = None
 
     def words(self) -> list[str]:
+        """``c =4`` or ``a =c +3``."""
         if self.operand is None:
-            return [self.name, "=", str(self.value)]
-        return [self.name, "=", self.operand, self.op, str(self.constant)]
+            return [self.name, value_word(self.value)]
+        return [self.name, ref_word(self.operand), op_word(self.op, self.constant)]
 
 
 @dataclass
@@ -68,7 +100,7 @@ class Problem:
     definitions: list[Definition]  # in prompt order (shuffled)
     query: str
 
-    @property
+    @cached_property
     def by_name(self) -> dict[str, Definition]:
         return {d.name: d for d in self.definitions}
 
@@ -132,19 +164,22 @@ class Trace:
 
 
 def sample_problem(rng: random.Random, depth: tuple[int, int] = (2, 4)) -> Problem:
-    """A chain of 2-4 computed variables from one given, plus off-chain givens and distractors."""
+    """A chain of 2-4 computed variables from one given, plus off-chain givens and distractors.
+
+    Distractors read the off-chain givens only, so each chain variable is read by exactly one
+    definition and its ``=c`` token in the prompt is unique.
+    """
     d = rng.randint(*depth)
-    n_extra_givens = rng.randint(0, 2)
+    n_extra_givens = rng.randint(1, 2)
     n_distractors = rng.randint(1, 3)
     names = rng.sample(VARIABLES, d + 1 + n_extra_givens + n_distractors)
     chain_names, rest = names[: d + 1], names[d + 1 :]
     defs = [Definition(chain_names[0], value=rng.randint(0, 9))]
     for prev, name in zip(chain_names, chain_names[1:]):
         defs.append(Definition(name, operand=prev, op=rng.choice(OPS), constant=rng.randint(1, 9)))
-    givens = [chain_names[0]]
-    for name in rest[:n_extra_givens]:
+    givens = rest[:n_extra_givens]
+    for name in givens:
         defs.append(Definition(name, value=rng.randint(0, 9)))
-        givens.append(name)
     for name in rest[n_extra_givens:]:
         defs.append(Definition(name, operand=rng.choice(givens), op=rng.choice(OPS), constant=rng.randint(1, 9)))
     rng.shuffle(defs)
@@ -152,18 +187,29 @@ def sample_problem(rng: random.Random, depth: tuple[int, int] = (2, 4)) -> Probl
 
 
 def _compute_step(rng: random.Random, p: Problem, name: str, label: str, kind: str) -> Step:
+    """``Now a =c +3 , c =4 , a =7 .``: the definition, the value it reads, the result."""
     d = p.by_name[name]
-    arithmetic = [str(p.value(d.operand)), d.op, str(d.constant), "=", str(p.value(name))]
-    return Step([rng.choice(PROGRESS_WORDS), *d.words(), "=", *arithmetic, "."], label, kind, name, arithmetic)
+    x, y = p.value(d.operand), p.value(name)
+    arithmetic = [str(x), op_word(d.op, d.constant), "=", str(y)]
+    words = [rng.choice(PROGRESS_WORDS), *d.words(), ",", d.operand, value_word(x), ",", name, value_word(y), "."]
+    return Step(words, label, kind, name, arithmetic)
 
 
 def _shortcut_step(rng: random.Random, p: Problem, first: str, second: str) -> Step:
+    """``Now b =c +3 *2 , c =4 , b =4 .``: two definitions applied at once, skipping ``first``."""
     d, nxt = p.by_name[first], p.by_name[second]
-    arithmetic = ["(", str(p.value(d.operand)), d.op, str(d.constant), ")", nxt.op, str(nxt.constant),
-                  "=", str(p.value(second))]
-    words = [rng.choice(PROGRESS_WORDS), second, "=", "(", *d.words()[2:], ")", nxt.op, str(nxt.constant),
-             "=", *arithmetic, "."]
+    x, y = p.value(d.operand), p.value(second)
+    ops = [op_word(d.op, d.constant), op_word(nxt.op, nxt.constant)]
+    arithmetic = [str(x), *ops, "=", str(y)]
+    words = [rng.choice(PROGRESS_WORDS), second, ref_word(d.operand), *ops, ",", d.operand, value_word(x), ",",
+             second, value_word(y), "."]
     return Step(words, "critical", "shortcut", second, arithmetic)
+
+
+def _early(rng: random.Random, n: int) -> int:
+    """An insertion point in 0..n biased early: re-checks must follow what they check, so
+    distractors and restatements lean early to leave step position uninformative."""
+    return min(rng.randint(0, n), rng.randint(0, n))
 
 
 def sample_trace(
@@ -175,7 +221,7 @@ def sample_trace(
     """A reference trace with a random number of redundant steps placed at random positions.
 
     With probability ``shortcut_prob`` two consecutive critical steps are merged into one
-    (``b = ( c + 3 ) * 2 = ...``): shorter, and harder for the model to get right.
+    (``b =c +3 *2 ...``): shorter, and harder for the model to get right.
     """
     p = problem or sample_problem(rng)
     chain = p.chain()  # [query, ..., given]
@@ -202,24 +248,27 @@ def sample_trace(
         kind = rng.choice(options)
         if kind == "distractor":
             name = off_chain.pop()
-            steps.insert(rng.randint(0, len(steps)), _compute_step(rng, p, name, "redundant", "distractor"))
+            steps.insert(_early(rng, len(steps)), _compute_step(rng, p, name, "redundant", "distractor"))
         elif kind == "restate":
             name = rng.choice(givens)
-            words = [RESTATE_OPENER, name, "=", str(p.value(name)), "from", "the", "problem", "."]
-            steps.insert(rng.randint(0, len(steps)), Step(words, "redundant", "restate", name))
+            opener, closer = rng.choice(RESTATE_FORMS)
+            words = [*opener, name, value_word(p.value(name)), *closer]
+            steps.insert(_early(rng, len(steps)), Step(words, "redundant", "restate", name))
         else:
             j = rng.choice([j for j, s in enumerate(steps) if s.arithmetic])
-            words = [*rng.choice(RECHECK_OPENERS), *steps[j].arithmetic, "."]
+            opener, closer = rng.choice(RECHECK_FORMS)
+            words = [*opener, *steps[j].arithmetic, *closer]
             steps.insert(rng.randint(j + 1, len(steps)), Step(words, "redundant", "recheck", steps[j].variable))
     answer_words: list[str] = []
     for name in computed:
-        answer_words += [name, "=", str(p.value(name)), ";"]
+        answer_words += [name, value_word(p.value(name)), ";"]
     answer_words[-1] = "."
     answer_words += [BOX_OPEN, str(p.answer), BOX_CLOSE]
     return Trace(p, [plan, *steps], answer_words)
 
 
 _BOXED = re.compile(r"\\boxed\{\s*(\S+)\s*\}")
+_VALUE, _REF, _OP = re.compile(r"=\d"), re.compile(r"=[a-z]"), re.compile(r"[-+*][1-9]")
 
 
 def extract_answer(response: str) -> str | None:
@@ -247,14 +296,23 @@ def parse_prompt(prompt: str) -> Problem:
     defs = []
     for c in clauses:
         w = c.split()
-        if len(w) == 3 and w[1] == "=" and w[2].isdigit():
-            defs.append(Definition(w[0], value=int(w[2])))
-        elif len(w) == 5 and w[1] == "=" and w[3] in OPS and w[4].isdigit():
-            defs.append(Definition(w[0], operand=w[2], op=w[3], constant=int(w[4])))
+        if len(w) == 2 and _VALUE.fullmatch(w[1]):
+            defs.append(Definition(w[0], value=int(w[1][1:])))
+        elif len(w) == 3 and _REF.fullmatch(w[1]) and _OP.fullmatch(w[2]):
+            defs.append(Definition(w[0], operand=w[1][1:], op=w[2][0], constant=int(w[2][1:])))
         else:
             raise ValueError(f"not an organism definition: {c!r}")
     problem = Problem(defs, question[2])
-    problem.answer  # raises KeyError on an undefined variable
+    names = problem.by_name
+    for name in [question[2]] + [d.operand for d in defs if d.operand is not None]:
+        if name not in names:
+            raise ValueError(f"organism prompt uses variable {name!r} but never defines it")
+    seen, name = set(), question[2]
+    while names[name].operand is not None:  # the chain must end at a given
+        if name in seen:
+            raise ValueError(f"organism prompt defines variable {name!r} in terms of itself")
+        seen.add(name)
+        name = names[name].operand
     return problem
 
 
@@ -271,10 +329,11 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
         w = text.split()
         if i == 0 and w and w[0] == "Need":
             out.append(("plan", "plan"))
-        elif len(w) >= 3 and w[0] in ("Now", "Then", "Next") and w[2] == "=":
+        elif len(w) >= 3 and w[0] in ("Now", "Then", "Next") and _REF.fullmatch(w[2]):
             name = w[1]
             if name in chain and name not in seen:
-                out.append(("critical", "shortcut" if "(" in w else "compute"))
+                shortcut = len(w) > 4 and _OP.fullmatch(w[4]) is not None  # ``b =c +3 *2``
+                out.append(("critical", "shortcut" if shortcut else "compute"))
             elif name in chain:
                 out.append(("redundant", "repeat"))
             else:

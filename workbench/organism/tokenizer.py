@@ -18,12 +18,13 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 def vocabulary() -> list[str]:
     """Every word the task can write, specials first (ids are stable across rebuilds)."""
     words = [PAD, BOS, EOS, UNK]
-    words += [str(i) for i in range(10)] + task.VARIABLES + task.OPS
-    words += ["=", ";", ".", ",", "?", "(", ")", "What", "is", task.THINK_OPEN, task.THINK_CLOSE,
-              task.BOX_OPEN, task.BOX_CLOSE, "\nNeed", *task.PROGRESS_WORDS, task.RESTATE_OPENER,
-              "from", "the", "problem"]
-    for opener in task.RECHECK_OPENERS:
-        words += opener
+    words += [str(i) for i in range(10)] + task.VARIABLES
+    words += [task.value_word(v) for v in range(10)] + [task.ref_word(n) for n in task.VARIABLES]
+    words += [task.op_word(op, k) for op in task.OPS for k in range(1, 10)]
+    words += ["=", ";", ".", ",", "?", "What", "is", task.THINK_OPEN, task.THINK_CLOSE,
+              task.BOX_OPEN, task.BOX_CLOSE, "\nNeed", *task.PROGRESS_WORDS]
+    for opener, closer in task.RECHECK_FORMS + task.RESTATE_FORMS:
+        words += opener + closer
     return list(dict.fromkeys(words))
 
 

@@ -34,14 +34,15 @@ class OrganismTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 200
-    steps: int = 6000
-    max_minutes: float = 90.0
+    steps: int = 4000
+    max_minutes: float = 100.0
     eval_every: int = 500
     eval_problems: int = 128
     seed: int = 0
     threads: int = 2
     redundant_weight: float = 0.3
-    init_from: str = ""  # a checkpoint folder to continue from instead of random weights
+    op_weight: float = 1.0  # weight of a critical step's operator tokens (``+3``), the slowest lookup to learn
+    init_from: str | None = None  # a checkpoint folder to continue from instead of random weights
 
 
 def model_config(cfg: OrganismTrainConfig, vocab_size: int, tok) -> Qwen2Config:
@@ -53,19 +54,23 @@ def model_config(cfg: OrganismTrainConfig, vocab_size: int, tok) -> Qwen2Config:
     )
 
 
-def token_weights(trace: task.Trace, redundant_weight: float) -> list[float]:
+def token_weights(trace: task.Trace, redundant_weight: float, op_weight: float = 1.0) -> list[float]:
     """Loss weight of each response token (one token per word): a redundant step's body weighs
-    less, so the gradient goes to the lookups and arithmetic of the chain; its first word (the
-    model's choice of what to do next) and everything else weigh 1."""
+    less, so the gradient goes to the lookups and arithmetic of the chain; a critical step's
+    operator tokens weigh ``op_weight``; its first word (the model's choice of what to do next)
+    and everything else weigh 1."""
     weights: list[float] = []
     for s in trace.steps:
-        body = redundant_weight if s.label == "redundant" else 1.0
-        weights += [1.0] + [body] * (len(s.words) - 1)
+        if s.label == "redundant":
+            body = [redundant_weight] * (len(s.words) - 1)
+        else:
+            body = [op_weight if task.is_op_word(w) else 1.0 for w in s.words[1:]]
+        weights += [1.0] + body
     return weights + [1.0] * (len(trace.answer_words) + 2)  # </think>, the answer, EOS
 
 
 def training_batches(rng: random.Random, tok, batch_size: int, redundant_weight: float = 1.0,
-                     pool_batches: int = 16):
+                     op_weight: float = 1.0, pool_batches: int = 16):
     """Yield (input_ids, labels, weights) batches; each pool of traces is sorted by length, then split."""
     while True:
         rows = []
@@ -73,7 +78,7 @@ def training_batches(rng: random.Random, tok, batch_size: int, redundant_weight:
             t = task.sample_trace(rng)
             p = tok(t.prompt)["input_ids"]
             r = tok(t.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            rows.append((p, r, token_weights(t, redundant_weight)))
+            rows.append((p, r, token_weights(t, redundant_weight, op_weight)))
         rows.sort(key=lambda x: len(x[0]) + len(x[1]))
         batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
         rng.shuffle(batches)
@@ -122,7 +127,7 @@ def train(cfg: OrganismTrainConfig, out_dir: Path = CHECKPOINT_DIR) -> dict:
     eval_rng = random.Random(10_000 + cfg.seed)
     eval_problems = [task.sample_problem(eval_rng) for _ in range(cfg.eval_problems)]
     start, tokens, best, history = time.time(), 0, -1.0, []
-    batches = training_batches(rng, tok, cfg.batch_size, cfg.redundant_weight)
+    batches = training_batches(rng, tok, cfg.batch_size, cfg.redundant_weight, cfg.op_weight)
     for step in range(1, cfg.steps + 1):
         model.train()
         ids, labels, weights = next(batches)

@@ -12,14 +12,14 @@ from workbench.heads import Head
 from workbench.tracing.items import Span
 
 
-def span_means(column_sums: torch.Tensor, steps: list[Span]) -> torch.Tensor:
+def span_means(column_sums: torch.Tensor, steps: list[Span] | torch.Tensor) -> torch.Tensor:
     """[..., T] attention mass per key (summed over the answer rows) -> [..., K] mean over each step.
 
+    ``steps`` may be a [K, 2] integer tensor already on the device (no host-to-device copy per call).
     A float64 prefix sum keeps short steps exact even when T is 16k and the row mass is |F|.
     """
     prefix = F.pad(column_sums.double().cumsum(-1), (1, 0))
-    starts = torch.tensor([s for s, _ in steps], device=prefix.device)
-    ends = torch.tensor([e for _, e in steps], device=prefix.device)
+    starts, ends = torch.as_tensor(steps, device=prefix.device).unbind(-1)
     return ((prefix[..., ends] - prefix[..., starts]) / (ends - starts)).float()
 
 

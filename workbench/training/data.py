@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.organism import task
 from workbench.organism.evaluate import held_out_problems
+from workbench.traces import jsonl_rows
 
 
 @dataclass
@@ -38,14 +38,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {path} does not exist")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "answer" not in row:
+    for n, row in jsonl_rows(path):
+        if not isinstance(row.get("prompt"), str) or "answer" not in row:
             raise ValueError(f"{path}:{n}: expected an object with a string 'prompt' and an 'answer'")
         rows.append(row)
     if not rows:

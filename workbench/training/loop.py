@@ -81,10 +81,8 @@ class Trainer:
         t0 = time.perf_counter()
         packed = pack(rollout.prompt_ids, rollout.response_ids, self.tokenizer.pad_token_id)
         kfh = self.method.scores == "kfh"
-        spans = [rollout.segments[i].absolute(len(p)) if rollout.rescalable(i) else None
-                 for i, p in enumerate(rollout.prompt_ids)] if kfh else None
         old_logp, kfh_scores = old_logprobs(self.model, packed, cfg.train.micro_batch_size,
-                                            self.heads if kfh else None, spans)
+                                            self.heads if kfh else None, rollout.spans() if kfh else None)
         ref_logp = (old_logprobs(self.ref_model, packed, cfg.train.micro_batch_size)[0]
                     if self.ref_model is not None else None)
         alpha = cfg.method.alpha if self.method.length_penalty else 0.0

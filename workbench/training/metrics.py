@@ -41,25 +41,15 @@ def step_metrics(rollout: Rollout, rewards: torch.Tensor, gammas: StepGammas, st
         "frac_steps_attenuated": _ratio(int(gammas.attenuated.sum()), n_steps),
         "frac_steps_protected": _ratio(int(gammas.protected.sum()), n_steps),
     }
-    if all(p.problem is not None for p in rollout.prompts):
-        counts = {"steps": 0, "redundant": 0, "att": 0, "att_red": 0, "prot": 0, "prot_needed": 0}
-        for i in range(n):
-            labels = rollout.step_labels(i)
-            if labels is None:
-                continue
-            for k, label in enumerate(labels):
-                redundant = label == "redundant"
-                counts["steps"] += 1
-                counts["redundant"] += redundant
-                if gammas.attenuated[i, k]:
-                    counts["att"] += 1
-                    counts["att_red"] += redundant
-                if gammas.protected[i, k]:
-                    counts["prot"] += 1
-                    counts["prot_needed"] += not redundant
-        row["redundant_step_fraction"] = _ratio(counts["redundant"], counts["steps"])
-        row["attenuation_precision"] = _ratio(counts["att_red"], counts["att"])
-        row["protection_precision"] = _ratio(counts["prot_needed"], counts["prot"])
+    if all(p.problem is not None for p in rollout.prompts):  # every rescalable response has labels
+        redundant = torch.zeros_like(step_mask)
+        for i, labels in enumerate(rollout.step_labels):
+            if labels is not None:
+                redundant[i, : len(labels)] = torch.tensor([label == "redundant" for label in labels])
+        att, prot = gammas.attenuated, gammas.protected
+        row["redundant_step_fraction"] = _ratio(int(redundant.sum()), n_steps)
+        row["attenuation_precision"] = _ratio(int((att & redundant).sum()), int(att.sum()))
+        row["protection_precision"] = _ratio(int((prot & ~redundant).sum()), int(prot.sum()))
     return row
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from workbench.config import RolloutConfig
-from workbench.generation import encode_prompts, sample
+from workbench.generation import Samples, encode_prompts, sample
 from workbench.organism import task
 from workbench.steps import Segmentation, segment_batch
 from workbench.training.data import Prompt
@@ -39,12 +40,18 @@ class Rollout:
         seg = self.segments[i]
         return seg is not None and seg.ok and len(seg.steps) >= 2
 
-    def step_labels(self, i: int) -> list[str] | None:
-        """Organism ground truth of response i's steps (None without a problem or segmentation)."""
-        seg, problem = self.segments[i], self.prompts[i].problem
-        if problem is None or not self.rescalable(i):
-            return None
-        return [label for label, _ in task.label_response(problem, [t.strip() for t in seg.step_texts])]
+    def spans(self) -> list[tuple[list[tuple[int, int]], tuple[int, int]] | None]:
+        """Absolute (steps, answer) token spans of each rescalable response, None for the rest."""
+        return [self.segments[i].absolute(len(p)) if self.rescalable(i) else None
+                for i, p in enumerate(self.prompt_ids)]
+
+    @cached_property
+    def step_labels(self) -> list[list[str] | None]:
+        """Organism ground truth of each rescalable response's steps (None without a problem);
+        labelled once, read by the oracle's scores and by the step metrics."""
+        return [[label for label, _ in task.label_response(p.problem, [t.strip() for t in seg.step_texts])]
+                if p.problem is not None and self.rescalable(i) else None
+                for i, (p, seg) in enumerate(zip(self.prompts, self.segments))]
 
 
 @torch.no_grad()
@@ -55,8 +62,7 @@ def generate_rollout(model, tokenizer, prompts: list[Prompt], cfg: RolloutConfig
     prompt_ids = encode_prompts(tokenizer, [p.text for p in group])
     out = sample(model, tokenizer, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                  top_p=cfg.top_p, batch_size=cfg.batch_size)
-    return assemble_rollout(tokenizer, group, out.prompt_ids, out.response_ids, out.truncated, len(prompts),
-                            cfg.group_size, verifier, segmenter)
+    return assemble_rollout(tokenizer, group, out, len(prompts), cfg.group_size, verifier, segmenter)
 
 
 def reference_rollout(tokenizer, prompts: list[Prompt], group_size: int, verifier: Verifier, segmenter: str,
@@ -69,18 +75,17 @@ def reference_rollout(tokenizer, prompts: list[Prompt], group_size: int, verifie
             raise ValueError("reference rollouts need organism prompts (with their problem)")
     response_ids = [tokenizer(task.sample_trace(rng, p.problem).response, add_special_tokens=False)["input_ids"]
                     + [tokenizer.eos_token_id] for p in group]
-    return assemble_rollout(tokenizer, group, encode_prompts(tokenizer, [p.text for p in group]), response_ids,
-                            [False] * len(group), len(prompts), group_size, verifier, segmenter)
+    samples = Samples(encode_prompts(tokenizer, [p.text for p in group]), response_ids,
+                      tokenizer.batch_decode(response_ids, skip_special_tokens=True), [False] * len(group))
+    return assemble_rollout(tokenizer, group, samples, len(prompts), group_size, verifier, segmenter)
 
 
-def assemble_rollout(tokenizer, group: list[Prompt], prompt_ids: list[list[int]], response_ids: list[list[int]],
-                     truncated: list[bool], n_prompts: int, group_size: int, verifier: Verifier,
-                     segmenter: str) -> Rollout:
-    """Decode, verify and segment (correct responses only) a batch of responses."""
-    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    correct = [verifier(p.text, text, p.answer) for p, text in zip(group, texts)]
-    correct_ids = [ids for ok, ids in zip(correct, response_ids) if ok]
+def assemble_rollout(tokenizer, group: list[Prompt], samples: Samples, n_prompts: int, group_size: int,
+                     verifier: Verifier, segmenter: str) -> Rollout:
+    """Verify the decoded responses and segment the correct ones (from their ids)."""
+    correct = [verifier(p.text, text, p.answer) for p, text in zip(group, samples.texts)]
+    correct_ids = [ids for ok, ids in zip(correct, samples.response_ids) if ok]
     segmented = iter(segment_batch(correct_ids, tokenizer, preset=segmenter))
     segments = [next(segmented) if ok else None for ok in correct]
-    return Rollout(group, prompt_ids, response_ids, texts, truncated,
+    return Rollout(group, samples.prompt_ids, samples.response_ids, samples.texts, samples.truncated,
                    torch.tensor(correct).view(n_prompts, group_size), segments)

@@ -75,8 +75,4 @@ def step_inputs(rollout: Rollout, advantages: torch.Tensor, scores: list[torch.T
 
 def oracle_step_scores(rollout: Rollout) -> list[torch.Tensor | None]:
     """True-label scores of every rescalable organism response (see ``advantages.oracle_scores``)."""
-    out: list[torch.Tensor | None] = []
-    for i in range(len(rollout.response_ids)):
-        labels = rollout.step_labels(i)
-        out.append(None if labels is None else oracle_scores(labels))
-    return out
+    return [None if labels is None else oracle_scores(labels) for labels in rollout.step_labels]

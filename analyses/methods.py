@@ -1,0 +1,199 @@
+"""Method comparison: one table row per training method (mean ± std over seeds), the paper's claims
+checked against it, and the figures.  Pure functions over the files a training run writes
+(``eval_start.json``, ``eval_final.json``, ``metrics.jsonl``) plus its wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+
+# table columns: (key, header, format)
+COLUMNS = [
+    ("accuracy", "held-out accuracy", "{:.3f}"),
+    ("tokens", "mean response tokens", "{:.1f}"),
+    ("token_change", "tokens vs start", "{:+.1%}"),
+    ("redundant_share", "redundant-step share", "{:.3f}"),
+    ("critical_kept", "critical-step share kept", "{:.3f}"),
+    ("attenuation_precision", "attenuation precision", "{:.3f}"),
+    ("wall_s", "wall-clock per run (s)", "{:.0f}"),
+]
+
+
+@dataclass
+class RunFiles:
+    """What one finished run wrote, already parsed."""
+
+    method: str
+    seed: int
+    eval_start: dict
+    eval_final: dict
+    metrics: list[dict]
+    wall_s: float
+
+
+def run_row(run: RunFiles) -> dict:
+    """The table's numbers for one run (NaN where a number does not apply)."""
+    s, f = run.eval_start, run.eval_final
+    precision = [m["attenuation_precision"] for m in run.metrics if m.get("attenuation_precision") is not None]
+    crit_start = s.get("critical_steps_per_response", math.nan)
+    return {
+        "method": run.method, "seed": run.seed,
+        "accuracy": f["accuracy"], "start_accuracy": s["accuracy"],
+        "tokens": f["mean_response_tokens"], "start_tokens": s["mean_response_tokens"],
+        "token_change": f["mean_response_tokens"] / s["mean_response_tokens"] - 1,
+        "redundant_share": f.get("redundant_step_fraction", math.nan),
+        "critical_kept": f.get("critical_steps_per_response", math.nan) / crit_start if crit_start else math.nan,
+        "attenuation_precision": float(np.mean(precision)) if precision else math.nan,
+        "wall_s": run.wall_s,
+    }
+
+
+def method_table(rows: list[dict], order: list[str]) -> list[dict]:
+    """Per method, in ``order``: the mean and std over its seeds of every column, and the seed count."""
+    out = []
+    for method in order:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        entry = {"method": method, "seeds": len(mine)}
+        for key in [c[0] for c in COLUMNS] + ["start_accuracy", "start_tokens"]:
+            values = np.array([r[key] for r in mine], dtype=float)
+            finite = values[np.isfinite(values)]
+            entry[key] = float(finite.mean()) if len(finite) else math.nan
+            entry[key + "_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+        out.append(entry)
+    return out
+
+
+def _cell(entry: dict, key: str, fmt: str) -> str:
+    mean, std = entry[key], entry[key + "_std"]
+    if math.isnan(mean):
+        return "–"
+    return fmt.format(mean) + ("" if math.isnan(std) else " ± " + fmt.format(std).lstrip("+"))
+
+
+def markdown_table(table: list[dict]) -> str:
+    """The method table as markdown, ``mean ± std`` cells."""
+    head = ["method", "seeds"] + [c[1] for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in table:
+        lines.append("| " + " | ".join([e["method"], str(e["seeds"])] + [_cell(e, k, f) for k, _, f in COLUMNS]) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Claim:
+    claim: str
+    measured: str
+    verdict: str  # "holds" | "does not hold" | "within noise" | "not measured"
+
+
+def _spread(*entries_keys) -> float:
+    """Pooled noise of a difference: the root sum of the stds (a std that is NaN counts as 0)."""
+    return math.sqrt(sum((0.0 if math.isnan(e[k + "_std"]) else e[k + "_std"]) ** 2 for e, k in entries_keys))
+
+
+def _verdict(difference: float, noise: float) -> str:
+    """``difference`` > 0 means the claim's direction."""
+    if math.isnan(difference):
+        return "not measured"
+    if abs(difference) <= noise:
+        return "within noise"
+    return "holds" if difference > 0 else "does not hold"
+
+
+def check_claims(table: list[dict], ablation: dict | None, stability: list[dict]) -> list[Claim]:
+    """The paper's claims, each with the number measured here and a verdict.
+
+    A difference counts only when it exceeds the pooled seed std of the two rows compared.
+    """
+    by = {e["method"]: e for e in table}
+    claims = []
+
+    def have(*names):
+        return all(n in by for n in names)
+
+    if have("attnpo", "tlmre"):
+        a, t = by["attnpo"], by["tlmre"]
+        shorter = t["token_change"] - a["token_change"]  # > 0: AttnPO cut more
+        acc = a["accuracy"] - t["accuracy"]
+        v_short = _verdict(shorter, _spread((a, "token_change"), (t, "token_change")))
+        v_acc = _verdict(acc, _spread((a, "accuracy"), (t, "accuracy")))
+        verdict = "holds" if v_short == "holds" and v_acc != "does not hold" else (
+            "does not hold" if "does not hold" in (v_short, v_acc) else "within noise")
+        claims.append(Claim("AttnPO shortens more than the length penalty alone (TLMRE) at equal or better accuracy",
+                            f"tokens {a['token_change']:+.1%} vs {t['token_change']:+.1%}; "
+                            f"accuracy {a['accuracy']:.3f} vs {t['accuracy']:.3f}", verdict))
+    if have("attnpo", "attnpo_pos"):
+        a, p = by["attnpo"], by["attnpo_pos"]
+        share = p["token_change"] / a["token_change"] if a["token_change"] < 0 else math.nan
+        claims.append(Claim("Pos-Adv alone gives most of AttnPO's shortening",
+                            f"Pos-Adv {p['token_change']:+.1%} of AttnPO's {a['token_change']:+.1%} "
+                            f"({share:.0%} of it)" if not math.isnan(share) else
+                            f"AttnPO did not shorten ({a['token_change']:+.1%})",
+                            "not measured" if math.isnan(share) else ("holds" if share >= 0.5 else "does not hold")))
+    if have("attnpo", "attnpo_pos"):
+        a, p = by["attnpo"], by["attnpo_pos"]
+        claims.append(Claim("Neg-Adv adds accuracy (AttnPO against Pos-Adv alone)",
+                            f"accuracy {a['accuracy']:.3f} vs {p['accuracy']:.3f}",
+                            _verdict(a["accuracy"] - p["accuracy"], _spread((a, "accuracy"), (p, "accuracy")))))
+    if have("attnpo", "oracle"):
+        a, o = by["attnpo"], by["oracle"]
+        better = (a["token_change"] - o["token_change"]) + (o["accuracy"] - a["accuracy"])
+        claims.append(Claim("The oracle (true step labels) bounds what a perfect head could give",
+                            f"oracle tokens {o['token_change']:+.1%}, accuracy {o['accuracy']:.3f}; "
+                            f"AttnPO {a['token_change']:+.1%}, {a['accuracy']:.3f}",
+                            _verdict(better, _spread((a, "token_change"), (o, "token_change"),
+                                                     (a, "accuracy"), (o, "accuracy")))))
+    if stability:
+        pearson = [p for s in stability for p in s["pearson_step_scores"][1:] if p is not None]
+        claims.append(Claim("The KFHs stay stable during training (Pearson of KFH step scores > 0.85)",
+                            f"min {min(pearson):.3f}, mean {np.mean(pearson):.3f} over "
+                            f"{len(pearson)} checkpoints" if pearson else "no checkpoint compared",
+                            "not measured" if not pearson else ("holds" if min(pearson) > 0.85 else "does not hold")))
+    if ablation:  # ablation.json of experiments/ablate_steps.py: conditions[name]["pass@1"]
+        cond = ablation["conditions"]
+        high, low, none = cond["high"]["pass@1"], cond["low"]["pass@1"], cond["none"]["pass@1"]
+        claims.append(Claim("Removing high-score steps hurts pass@1 much more (30+ points) than removing "
+                            "low-score steps",
+                            f"pass@1: intact {none:.3f}, high removed {high:.3f}, low removed {low:.3f} "
+                            f"(gap {low - high:+.3f})", "holds" if low - high >= 0.3 else (
+                                "does not hold" if low - high <= 0 else "within noise")))
+    return claims
+
+
+def tokens_accuracy_figure(table: list[dict]) -> go.Figure:
+    """Each method's final mean tokens against accuracy, with seed std as error bars, and the start point."""
+    fig = go.Figure()
+    for e in table:
+        fig.add_trace(go.Scatter(
+            x=[e["tokens"]], y=[e["accuracy"]], mode="markers+text", text=[e["method"]], textposition="top center",
+            name=e["method"], marker={"size": 12},
+            error_x={"type": "data", "array": [0 if math.isnan(e["tokens_std"]) else e["tokens_std"]]},
+            error_y={"type": "data", "array": [0 if math.isnan(e["accuracy_std"]) else e["accuracy_std"]]}))
+    if table:
+        fig.add_trace(go.Scatter(x=[table[0]["start_tokens"]], y=[table[0]["start_accuracy"]], mode="markers+text",
+                                 text=["start"], textposition="bottom center", name="start",
+                                 marker={"size": 12, "symbol": "x", "color": "black"}))
+    fig.update_layout(title="Held-out accuracy against response length after training (mean ± std over seeds)",
+                      xaxis_title="mean response tokens", yaxis_title="accuracy", template="plotly_white")
+    return fig
+
+
+def curves_figure(runs: list[RunFiles], key: str = "mean_response_tokens") -> go.Figure:
+    """A training metric against step, averaged over each method's seeds."""
+    fig = go.Figure()
+    for method in dict.fromkeys(r.method for r in runs):
+        series = [[m[key] for m in r.metrics] for r in runs if r.method == method]
+        n = min(len(s) for s in series)
+        if n == 0:
+            continue
+        mean = np.mean([s[:n] for s in series], axis=0)
+        fig.add_trace(go.Scatter(x=list(range(1, n + 1)), y=mean, mode="lines", name=method))
+    fig.update_layout(title=f"{key} during training (mean over seeds)", xaxis_title="step", yaxis_title=key,
+                      template="plotly_white")
+    return fig

@@ -1,0 +1,291 @@
+"""Reproduce the paper's claims on the organism, side by side with the baselines, and write the report.
+
+    python experiments/reproduce.py                 # full run: docs/results/ and docs/REPORT.md
+    python experiments/reproduce.py --quick --out runs/reproduce-quick   # every stage, CI-sized
+
+Stages, each into the work folder (``runs/reproduce``: traces, scores, checkpoints): (1) KFH
+discovery (SRA heatmap, top heads), (2) step ablation (pass@k after removing high / low / random
+KFH-score steps), (3) RL from the shipped organism with every method x seed on the same budget,
+(4) KFH stability across each AttnPO run's checkpoints, (5) tables, figures and the report, with
+the small files they come from copied to ``--out``.  A stage whose output exists is not run
+again, so a killed run picks up where it stopped (a training run resumes from its last
+checkpoint); ``--fresh`` starts over.  The start-of-run evaluation is the same for every run (same model, prompts and
+sampling seed), so it is computed once and shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analyses.figures import save_figure
+from analyses.methods import RunFiles, check_claims, curves_figure, markdown_table, method_table, run_row, \
+    tokens_accuracy_figure
+from experiments import ablate_steps, discover_heads, stability
+from workbench.config import load_config
+from workbench.models import load_model
+from workbench.training.loop import train
+from workbench.training.state import list_checkpoints
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs" / "organism"
+METHODS = ["rloo", "tlmre", "attnpo_pos", "attnpo_neg", "attnpo", "oracle"]
+
+
+@dataclass
+class Budget:
+    """Everything that sets the run's size; ``--quick`` swaps in the small one."""
+
+    seeds: int = 3
+    steps: int = 60
+    save_every: int = 20
+    eval_prompts: int = 256
+    discover_traces: int = 200
+    ablation_traces: int = 60
+    ablation_samples: int = 16
+    stability_traces: int = 100
+
+
+QUICK = Budget(seeds=1, steps=2, save_every=1, eval_prompts=16, discover_traces=24, ablation_traces=6,
+               ablation_samples=4, stability_traces=12)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="tables, figures, small files")
+    p.add_argument("--work", type=Path, default=None,
+                   help="traces, scores and checkpoints (default: runs/reproduce, or OUT/work for another --out)")
+    p.add_argument("--report", type=Path, default=None, help="report path (default: docs/REPORT.md for the "
+                   "default --out, else OUT/REPORT.md)")
+    p.add_argument("--quick", action="store_true", help="every stage on a tiny budget (CI)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    p.add_argument("--seeds", type=int, help="seeds per method")
+    p.add_argument("--steps", type=int, help="RL steps per run")
+    p.add_argument("--fresh", action="store_true", help="delete --out first")
+    return p.parse_args(argv)
+
+
+def budget_from(args: argparse.Namespace) -> Budget:
+    b = Budget(**vars(QUICK)) if args.quick else Budget()
+    if args.seeds:
+        b.seeds = args.seeds
+    if args.steps:
+        b.steps = args.steps
+        b.save_every = max(1, min(b.save_every, args.steps))
+    return b
+
+
+def run_config(method: str, seed: int, b: Budget, kfh: Path):
+    """A method's shipped config with this run's seed and budget (the KFHs from stage 1)."""
+    overrides = [f"train.seed={seed}", f"train.steps={b.steps}", f"train.save_every={b.save_every}",
+                 f"eval.n_prompts={b.eval_prompts}", "logging.progress=false"]
+    cfg = load_config(CONFIGS / f"{method}.yaml", overrides)
+    if cfg.kfh.path is not None:
+        cfg.kfh.path = str(kfh)
+    return cfg
+
+
+def train_runs(out: Path, b: Budget, methods: list[str], kfh: Path) -> list[RunFiles]:
+    """Stage 3: every method x seed; a finished run is read back, a killed one resumed."""
+    runs, shared_start = [], out / "runs" / "eval_start.json"
+    for seed in range(b.seeds):
+        for method in methods:
+            run_dir = out / "runs" / f"{method}-seed{seed}"
+            wall_file = run_dir / "wall_clock.json"
+            if not (run_dir / "eval_final.json").exists():
+                resume = bool(list_checkpoints(run_dir)) if run_dir.exists() else False
+                if run_dir.exists() and not resume:
+                    shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
+                run_dir.mkdir(parents=True, exist_ok=True)
+                if shared_start.exists() and not (run_dir / "eval_start.json").exists():
+                    shutil.copy(shared_start, run_dir / "eval_start.json")
+                spent = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else 0.0
+                print(f"[reproduce] training {method} seed {seed} ({b.steps} steps)", flush=True)
+                t0 = time.time()
+                train(run_config(method, seed, b, kfh), run_dir, resume=resume)
+                wall_file.write_text(json.dumps({"seconds": spent + time.time() - t0}) + "\n")
+                if not shared_start.exists():
+                    shutil.copy(run_dir / "eval_start.json", shared_start)
+            runs.append(RunFiles(method, seed, json.loads((run_dir / "eval_start.json").read_text()),
+                                 json.loads((run_dir / "eval_final.json").read_text()),
+                                 [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
+                                 json.loads(wall_file.read_text())["seconds"]))
+    return runs
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval_start.json", "eval_final.json", "wall_clock.json")
+
+
+def publish(work: Path, out: Path) -> None:
+    """Copy what the report cites from the work folder to ``out``: small files and the figures
+    (checkpoints, traces and scores stay in ``work``)."""
+    def copy(src: Path, dst: Path) -> None:
+        if src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+
+    for name in ("sra.csv", "kfh.json", "baselines.json"):
+        copy(work / "discover" / name, out / "discover" / name)
+    copy(work / "ablation" / "ablation.json", out / "ablation.json")
+    for run in sorted(p for p in (work / "runs").glob("*") if p.is_dir()):
+        for name in RUN_FILES:
+            copy(run / name, out / "runs" / run.name / name)
+    figure_dirs = {"": [work / "discover" / "figures", work / "ablation" / "figures"],
+                   **{f"{d.name}_": [d / "figures"] for d in sorted((work / "stability").glob("*"))}}
+    for prefix, dirs in figure_dirs.items():
+        for src in (f for d in dirs for f in sorted(d.glob("*"))):
+            if src.suffix in (".png", ".html"):
+                copy(src, out / "figures" / f"{prefix}{src.name}")
+            elif src.name == "plotly.min.js":
+                copy(src, out / "figures" / src.name)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    b, out = budget_from(args), args.out.resolve()
+    default_out = out == ROOT / "docs" / "results"
+    report = args.report or (ROOT / "docs" / "REPORT.md" if default_out else out / "REPORT.md")
+    work = args.work or (ROOT / "runs" / "reproduce" if default_out else out / "work")
+    if args.fresh:
+        for folder in (work, out):
+            shutil.rmtree(folder, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    timings_file = work / "timings.json"  # seconds each stage took, summed over resumed invocations
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+
+    def timed(stage: str, t0: float) -> None:
+        timings[stage] = timings.get(stage, 0.0) + time.time() - t0
+        timings_file.write_text(json.dumps(timings, indent=2) + "\n")
+
+    loaded = load_model("organism")
+
+    kfh = work / "discover" / "kfh.json"
+    if not kfh.exists():
+        print("[reproduce] 1/5 discovering KFHs", flush=True)
+        t0 = time.time()
+        discover_heads.main(["--model", "organism", "--n-traces", str(b.discover_traces), "--out", str(work / "discover"),
+                             "--n-boot", "200" if args.quick else "1000"], loaded)
+        timed("discovery", t0)
+    ablation_file = work / "ablation" / "ablation.json"
+    if not ablation_file.exists():
+        print("[reproduce] 2/5 step ablation", flush=True)
+        t0 = time.time()
+        ablate_steps.main(["--model", "organism", "--kfh", str(kfh), "--out", str(work / "ablation"),
+                           "--n-traces", str(b.ablation_traces), "--n-samples", str(b.ablation_samples),
+                           "--k", "1", str(b.ablation_samples)], loaded)
+        timed("ablation", t0)
+
+    print("[reproduce] 3/5 training", flush=True)
+    runs = train_runs(work, b, args.methods, kfh)
+
+    print("[reproduce] 4/5 KFH stability", flush=True)
+    stabilities = []
+    for seed in range(b.seeds):
+        run_dir = work / "runs" / f"attnpo-seed{seed}"
+        target = work / "stability" / f"attnpo-seed{seed}"
+        if "attnpo" not in args.methods:
+            break
+        if not (target / "stability.json").exists():
+            t0 = time.time()
+            stability.main(["--checkpoints", "organism", *[str(c) for c in list_checkpoints(run_dir)],
+                            "--kfh", str(kfh), "--n-traces", str(b.stability_traces), "--out", str(target)], loaded)
+            timed("stability", t0)
+        stabilities.append(json.loads((target / "stability.json").read_text()))
+
+    print("[reproduce] 5/5 report", flush=True)
+    t0 = time.time()
+    publish(work, out)
+    rows = [run_row(r) for r in runs]
+    table = method_table(rows, args.methods)
+    pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
+    pd.DataFrame(table).to_csv(out / "methods.csv", index=False)
+    (out / "methods.md").write_text(markdown_table(table) + "\n")
+    save_figure(tokens_accuracy_figure(table), out / "figures", "tokens_accuracy")
+    save_figure(curves_figure(runs), out / "figures", "tokens_during_training")
+    save_figure(curves_figure(runs, "accuracy"), out / "figures", "accuracy_during_training")
+    ablation = json.loads(ablation_file.read_text())
+    claims = check_claims(table, ablation, stabilities)
+    timed("report", t0)
+    timings["training"] = sum(r.wall_s for r in runs)
+    summary = {"budget": vars(b), "minutes": round(sum(timings.values()) / 60, 1),
+               "stage_minutes": {k: round(v / 60, 1) for k, v in timings.items()},
+               "baselines": json.loads((work / "discover" / "baselines.json").read_text())["baselines"],
+               "discovery": json.loads((work / "discover" / "baselines.json").read_text())["held_out"],
+               "kfh": json.loads(kfh.read_text()), "ablation": ablation, "methods": table,
+               "claims": [vars(c) for c in claims]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_report(summary, table, claims, out, report))
+    print(markdown_table(table))
+    for c in claims:
+        print(f"- {c.verdict:>13}: {c.claim} ({c.measured})")
+    print(f"[reproduce] done in {summary['minutes']} min; report: {report}")
+    return summary
+
+
+def render_report(summary: dict, table: list[dict], claims, out: Path, report: Path) -> str:
+    """docs/REPORT.md: every number is read from the files this run wrote."""
+    rel = lambda p: Path(p).resolve().relative_to(report.parent.resolve()).as_posix() if Path(p).resolve().is_relative_to(
+        report.parent.resolve()) else str(p)
+    d, b, ks = summary["discovery"], summary["budget"], summary["ablation"]["ks"]
+    kfh = summary["kfh"]
+    lines = [
+        "# Reproducing AttnPO's claims on the model organism",
+        "",
+        f"Produced by `python experiments/reproduce.py` in {summary['minutes']} minutes "
+        f"({b['seeds']} seeds x {len(table)} methods x {b['steps']} RL steps from the shipped organism; "
+        f"held-out evaluation on {b['eval_prompts']} fresh prompts at temperature 0.6, top-p 0.95). "
+        f"Files: `{rel(out)}/`.",
+        "",
+        "## Claims",
+        "",
+        "| claim | measured here | verdict |",
+        "|---|---|---|",
+        *[f"| {c.claim} | {c.measured} | **{c.verdict}** |" for c in claims],
+        "",
+        "A difference between two methods counts only when it exceeds the pooled standard deviation over seeds "
+        "of the two rows; otherwise the verdict is *within noise*.",
+        "",
+        "## Methods",
+        "",
+        markdown_table(table),
+        "",
+        f"![tokens against accuracy]({rel(out / 'figures' / 'tokens_accuracy.png')})",
+        "",
+        "## Key-Focus Heads",
+        "",
+        f"KFHs (top {len(kfh['names'])} by SRA on the discovery split): {', '.join(kfh['names'])}; "
+        f"best held-out head {d['best_head']['name']} SRA {d['best_head']['sra']:.3f} "
+        f"(95% CI {d['best_head']['ci_low']:.3f}–{d['best_head']['ci_high']:.3f}) over {d['n_traces']} traces. "
+        "Trivial rankers on the same held-out traces (SRA): " + ", ".join(
+            f"{name} {v['sra']:.3f}" for name, v in summary["baselines"].items()) + ".",
+        "",
+        f"![SRA heatmap]({rel(out / 'figures' / 'sra_heatmap.png')})",
+        "",
+        "## Step ablation",
+        "",
+        "| steps removed | " + " | ".join(f"pass@{k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+        *[f"| {name} | " + " | ".join(f"{cond[f'pass@{k}']:.3f}" for k in ks) + " |"
+          for name, cond in summary["ablation"]["conditions"].items()],
+        "",
+        f"{summary['ablation']['n_traces']} correct traces, m = {summary['ablation']['m']} steps removed, "
+        f"{summary['ablation']['n_samples']} answers sampled per trace and condition ({summary['ablation']['mode']}).",
+        "",
+        f"![ablation]({rel(out / 'figures' / 'ablation.png')})",
+    ]
+    notes = report.parent / "report_notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

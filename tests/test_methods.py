@@ -1,0 +1,83 @@
+"""Method comparison maths (analyses/methods.py) on hand-made runs, and the reproduce script end to end."""
+
+import json
+import math
+
+import pytest
+
+from analyses.methods import RunFiles, check_claims, markdown_table, method_table, run_row
+
+
+def run(method, seed, tokens, acc, crit=2.0, precision=None, start_tokens=100.0):
+    start = {"accuracy": 0.9, "mean_response_tokens": start_tokens, "critical_steps_per_response": 2.0,
+             "redundant_step_fraction": 0.6}
+    final = {"accuracy": acc, "mean_response_tokens": tokens, "critical_steps_per_response": crit,
+             "redundant_step_fraction": 0.3}
+    metrics = [{"step": 1, "attenuation_precision": precision}, {"step": 2, "attenuation_precision": None}]
+    return RunFiles(method, seed, start, final, metrics, wall_s=60.0 + seed)
+
+
+def test_run_row_and_method_table_average_over_seeds():
+    rows = [run_row(run("attnpo", 0, 50.0, 0.90, precision=0.8)), run_row(run("attnpo", 1, 70.0, 0.94, precision=0.6))]
+    assert rows[0]["token_change"] == pytest.approx(-0.5) and rows[0]["attenuation_precision"] == 0.8
+    assert rows[0]["critical_kept"] == 1.0
+    (e,) = method_table(rows + [run_row(run("rloo", 0, 100.0, 0.9))], ["attnpo"])
+    assert e["seeds"] == 2 and e["tokens"] == 60.0 and e["tokens_std"] == pytest.approx(math.sqrt(200))
+    assert e["accuracy"] == pytest.approx(0.92) and e["attenuation_precision"] == pytest.approx(0.7)
+    assert e["wall_s"] == 60.5
+
+
+def test_markdown_table_shows_mean_and_std_and_dashes_for_missing():
+    rows = [run_row(run("rloo", s, 100.0 - s, 0.9)) for s in range(3)]
+    md = markdown_table(method_table(rows, ["rloo"]))
+    line = md.splitlines()[2]
+    assert line.startswith("| rloo | 3 | 0.900 ± 0.000 | 99.0 ± 1.0 | -1.0% ± 1.0% |")
+    assert "| – |" in line  # no attenuation precision for RLOO
+
+
+def table_of(spec):
+    rows = [run_row(run(m, s, tok + 2 * s, acc, precision=0.9)) for m, (tok, acc) in spec.items() for s in range(3)]
+    return method_table(rows, list(spec))
+
+
+def test_claims_follow_the_numbers():
+    ablation = {"conditions": {"none": {"pass@1": 0.95}, "high": {"pass@1": 0.30}, "low": {"pass@1": 0.90}}}
+    stable = [{"pearson_step_scores": [1.0, 0.93, 0.90]}]
+    good = table_of({"tlmre": (80, 0.85), "attnpo_pos": (45, 0.88), "attnpo": (40, 0.92), "oracle": (35, 0.93)})
+    verdicts = {c.claim.split(" (")[0][:20]: c.verdict for c in check_claims(good, ablation, stable)}
+    assert list(verdicts.values()) == ["holds"] * 6, verdicts
+
+    bad = table_of({"tlmre": (40, 0.92), "attnpo_pos": (90, 0.80), "attnpo": (80, 0.70), "oracle": (90, 0.60)})
+    unstable = [{"pearson_step_scores": [1.0, 0.5]}]
+    swapped = {"conditions": {"none": {"pass@1": 0.95}, "high": {"pass@1": 0.9}, "low": {"pass@1": 0.5}}}
+    assert [c.verdict for c in check_claims(bad, swapped, unstable)] == ["does not hold"] * 6
+
+
+def test_a_difference_inside_the_seed_spread_is_within_noise():
+    rows = [run_row(run("tlmre", s, 60 + 20 * s, 0.9)) for s in range(3)]
+    rows += [run_row(run("attnpo", s, 58 + 20 * s, 0.9)) for s in range(3)]
+    (claim,) = [c for c in check_claims(method_table(rows, ["tlmre", "attnpo"]), None, []) if "TLMRE" in c.claim]
+    assert claim.verdict == "within noise"
+
+
+def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
+    from experiments import reproduce
+
+    out = tmp_path / "results"
+    summary = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2"])
+    assert [e["method"] for e in summary["methods"]] == ["tlmre", "attnpo"]
+    assert all(e["seeds"] == 1 and e["tokens"] > 0 for e in summary["methods"])
+    report = (out / "REPORT.md").read_text()
+    for c in summary["claims"]:
+        assert c["claim"] in report and c["verdict"] in ("holds", "does not hold", "within noise", "not measured")
+    assert "| attnpo | 1 |" in report and (out / "methods.csv").exists()
+    for name in ("discover/kfh.json", "ablation.json", "runs/attnpo-seed0/metrics.jsonl",
+                 "runs/attnpo-seed0/eval_final.json", "figures/tokens_accuracy.html", "figures/sra_heatmap.html"):
+        assert (out / name).exists(), name
+    assert not list(out.glob("runs/*/checkpoints")), "checkpoints stay in the work folder"
+    # the start evaluation is computed once and shared: identical in every run
+    starts = {(out / "runs" / r / "eval_start.json").read_text() for r in ("tlmre-seed0", "attnpo-seed0")}
+    assert len(starts) == 1
+    # a second call finds every stage done and only rewrites the report from the same files
+    again = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2"])
+    assert json.dumps(again["methods"]) == json.dumps(summary["methods"])  # NaN-safe comparison
