@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--seeds", type=int, help="seeds per method")
     p.add_argument("--steps", type=int, help="RL steps per run")
-    p.add_argument("--fresh", action="store_true", help="delete --out first")
+    p.add_argument("--fresh", action="store_true", help="delete --out and the work folder first")
     return p.parse_args(argv)
 
 
