@@ -73,9 +73,11 @@ def test_app_serves_the_heatmap_in_a_real_browser(tmp_path):
     shot.parent.mkdir(parents=True, exist_ok=True)
     try:
         wait_healthy(url, server, log)
-        deadline, dom = time.monotonic() + FIRST_OPEN_S, ""
+        deadline, dom, attempt = time.monotonic() + FIRST_OPEN_S, "", 0
         while time.monotonic() < deadline:  # each load: the DOM and a screenshot of the same moment
-            dom = chromium(tmp_path / "profile", "--window-size=1400,1800", f"--screenshot={shot}", "--dump-dom", url)
+            attempt += 1  # a fresh profile each time: a reused one can stay locked by the last run's browser
+            dom = chromium(tmp_path / f"profile-{attempt}", "--window-size=1400,1800", f"--screenshot={shot}",
+                           "--dump-dom", url)
             if "heatmaplayer" in dom or any(m in dom for m in EXCEPTION_MARKERS):
                 break
             time.sleep(3)
