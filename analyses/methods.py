@@ -136,8 +136,6 @@ def check_claims(table: list[dict], ablation: dict | None, stability: list[dict]
                             f"({share:.0%} of it)" if not math.isnan(share) else
                             f"AttnPO did not shorten ({a['token_change']:+.1%})",
                             "not measured" if math.isnan(share) else ("holds" if share >= 0.5 else "does not hold")))
-    if have("attnpo", "attnpo_pos"):
-        a, p = by["attnpo"], by["attnpo_pos"]
         claims.append(Claim("Neg-Adv adds accuracy (AttnPO against Pos-Adv alone)",
                             f"accuracy {a['accuracy']:.3f} vs {p['accuracy']:.3f}",
                             _verdict(a["accuracy"] - p["accuracy"], _spread((a, "accuracy"), (p, "accuracy")))))

@@ -16,7 +16,9 @@ sampling seed), so it is computed once and shared.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -73,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def budget_from(args: argparse.Namespace) -> Budget:
-    b = Budget(**vars(QUICK)) if args.quick else Budget()
+    b = dataclasses.replace(QUICK) if args.quick else Budget()
     if args.seeds:
         b.seeds = args.seeds
     if args.steps:
@@ -232,8 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def render_report(summary: dict, table: list[dict], claims, out: Path, report: Path) -> str:
     """docs/REPORT.md: every number is read from the files this run wrote."""
-    rel = lambda p: Path(p).resolve().relative_to(report.parent.resolve()).as_posix() if Path(p).resolve().is_relative_to(
-        report.parent.resolve()) else str(p)
+    rel = lambda p: Path(os.path.relpath(p, report.parent)).as_posix()  # links that work from the report
     d, b, ks = summary["discovery"], summary["budget"], summary["ablation"]["ks"]
     kfh = summary["kfh"]
     lines = [

@@ -332,7 +332,7 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
         elif len(w) >= 3 and w[0] in ("Now", "Then", "Next") and _REF.fullmatch(w[2]):
             name = w[1]
             if name in chain and name not in seen:
-                shortcut = len(w) > 4 and _OP.fullmatch(w[4]) is not None  # ``b =c +3 *2``
+                shortcut = len(w) > 4 and is_op_word(w[4])  # ``b =c +3 *2``
                 out.append(("critical", "shortcut" if shortcut else "compute"))
             elif name in chain:
                 out.append(("redundant", "repeat"))
