@@ -71,7 +71,7 @@ def test_organism_tokenizer_loads_through_autotokenizer(organism):
     from workbench.organism import CHECKPOINT_DIR
 
     tok = AutoTokenizer.from_pretrained(CHECKPOINT_DIR)
-    text = "a =7 ; b =a *2 ; What is b ? <think> \nNeed b a . </think> b =4 . \\boxed{ 4 }"
+    text = "a =7 ; b =a*2 ; What is b ? <think> \nNeed b a . </think> b =4 . \\boxed{ 4 }"
     ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True) == text

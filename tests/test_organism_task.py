@@ -70,19 +70,19 @@ def test_label_response_marks_repeats_and_unknown_steps_redundant():
 
 
 @pytest.mark.parametrize("bad", [
-    "a =1 ; b =a +2 ; What is b ? </think> \\boxed{ 3 }",  # <think> in the response
+    "a =1 ; b =a+2 ; What is b ? </think> \\boxed{ 3 }",  # <think> in the response
     "no think close \\boxed{ 3 }",
     "x </think> y </think> \\boxed{ 3 }",
     "x </think> no box",
 ])
 def test_verifier_rejects_broken_format(bad):
-    p = task.parse_prompt("a =1 ; b =a +2 ; What is b ? <think>")
+    p = task.parse_prompt("a =1 ; b =a+2 ; What is b ? <think>")
     assert p.answer == 3
-    assert not task.verify(p, bad.replace("a =1 ; b =a +2 ; What is b ? ", "<think> "))
+    assert not task.verify(p, bad.replace("a =1 ; b =a+2 ; What is b ? ", "<think> "))
 
 
 def test_verifier_takes_last_box_after_think():
-    p = task.parse_prompt("a =1 ; b =a *7 ; What is b ? <think>")
+    p = task.parse_prompt("a =1 ; b =a*7 ; What is b ? <think>")
     assert task.verify(p, "\nNeed b a . </think> b =7 . \\boxed{ 3 } \\boxed{ 7 }")
     assert not task.verify(p, "\nNeed b a . \\boxed{ 7 } </think> b =7 . \\boxed{ 3 }")
 
@@ -90,14 +90,14 @@ def test_verifier_takes_last_box_after_think():
 def test_parse_prompt_names_the_bad_clause():
     with pytest.raises(ValueError, match="q = = 3"):
         task.parse_prompt("a =1 ; q = = 3 ; What is a ? <think>")
-    with pytest.raises(ValueError, match="q =b /3"):  # an operator the task does not have
-        task.parse_prompt("a =1 ; b =a +1 ; q =b /3 ; What is a ? <think>")
+    with pytest.raises(ValueError, match="q =b/3"):  # an operator the task does not have
+        task.parse_prompt("a =1 ; b =a+1 ; q =b/3 ; What is a ? <think>")
     with pytest.raises(ValueError, match="question clause"):
         task.parse_prompt("a =1 ; Tell me a")
     with pytest.raises(ValueError, match="variable 'z' but never defines it"):
-        task.parse_prompt("a =z +1 ; What is a ? <think>")
+        task.parse_prompt("a =z+1 ; What is a ? <think>")
     with pytest.raises(ValueError, match="in terms of itself"):
-        task.parse_prompt("a =b +1 ; b =a *2 ; What is b ? <think>")
+        task.parse_prompt("a =b+1 ; b =a*2 ; What is b ? <think>")
 
 
 def test_prompt_roundtrip():
@@ -148,12 +148,12 @@ def test_step_length_and_position_do_not_give_the_labels_away():
 
 
 def test_every_fact_a_step_reads_follows_a_name_in_one_token():
-    """The lookups the design promises: the ``=x`` of each chain variable appears once in the prompt,
+    """The lookups the design promises: the ``=x+k`` of each chain variable appears once in the prompt,
     and a critical step's ``c =4`` / ``a =7`` are the tokens right after the names it reads and writes."""
     for t in traces(200):
         p, words = t.problem, t.prompt.split()
         for name in p.chain()[1:]:
-            assert words.count(task.ref_word(name)) == 1
+            assert sum(w.startswith(f"={name}") and len(w) == 4 for w in words) == 1
         for s in t.steps:
             if s.kind == "compute":
                 d = p.by_name[s.variable]

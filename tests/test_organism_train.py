@@ -1,5 +1,6 @@
 """The organism's trainer (a tiny run end to end), its loss weighting, and the shipped checkpoint's behaviour."""
 
+import dataclasses
 import json
 import random
 
@@ -9,7 +10,8 @@ import torch
 from workbench.organism import task
 from workbench.organism.evaluate import evaluate, held_out_problems
 from workbench.organism.tokenizer import build_tokenizer
-from workbench.organism.train import OrganismTrainConfig, token_weights, train, weighted_loss
+from workbench.organism.train import OrganismTrainConfig, compose_reference_embeddings, model_config, token_weights, \
+    train, weighted_loss
 
 
 def test_token_weights_cover_the_response_and_lighten_redundant_bodies():
@@ -40,6 +42,21 @@ def test_weighted_loss_is_cross_entropy_with_unit_weights_and_ignores_zero_weigh
     assert weighted_loss(logits, labels, half) == pytest.approx(ref2.item(), rel=1e-6)
 
 
+def test_definition_tokens_start_as_the_sum_of_their_operand_and_operator():
+    from transformers import Qwen2ForCausalLM
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(model_config(OrganismTrainConfig(), len(tok), tok))
+    emb, ids = model.get_input_embeddings().weight, tok.convert_tokens_to_ids
+    before = emb[ids("c")].clone()
+    compose_reference_embeddings(model, tok)
+    for word, (name, op) in {"=c+3": ("c", "+3"), "=l*9": ("l", "*9"), "=a-1": ("a", "-1")}.items():
+        assert torch.allclose(emb[ids(word)], (emb[ids(name)] + emb[ids(op)]) / 2**0.5)
+    assert torch.equal(emb[ids("c")], before)  # the parts themselves are left alone
+    assert torch.equal(model.lm_head.weight[ids("=c+3")], emb[ids("=c+3")])  # tied: the output side too
+
+
 def test_a_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
     from transformers import AutoTokenizer
 
@@ -55,6 +72,8 @@ def test_a_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
     loaded = load_model(str(tmp_path), device="cpu")
     assert loaded.model.config.num_hidden_layers == 1 and loaded.model.config.num_key_value_heads == 1
     assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == build_tokenizer().get_vocab()
+    early = train(dataclasses.replace(cfg, stop_at_accuracy=0.0), tmp_path / "early")
+    assert [row["step"] for row in early["history"]] == [2]  # stops at the first evaluation that reaches the bar
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +89,5 @@ def test_the_shipped_organism_overthinks_in_the_task_format(shipped_eval):
     assert r["segmented_fraction"] >= 0.95 and r["critical_steps_per_response"] >= 2, r
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the shipped organism is at ~0.17 accuracy (T=1.0), the bar is "
-                   "0.90; it still copies a definition's operator token poorly (see the foundation issue)")
 def test_the_shipped_organism_is_competent(shipped_eval):
     assert shipped_eval["accuracy"] >= 0.8, shipped_eval

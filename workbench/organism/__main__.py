@@ -13,7 +13,7 @@ from workbench.organism import CHECKPOINT_DIR
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workbench.organism", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train the organism from scratch (about an hour on 2 CPU cores)",
+    tr = sub.add_parser("train", help="train the organism from scratch (about 70 minutes on 2 CPU cores)",
                         epilog="Overrides of OrganismTrainConfig (workbench/organism/train.py), key=value, e.g. "
                                "steps=2000 lr=1e-3, or init_from=workbench/organism/checkpoint to continue "
                                "training the shipped checkpoint instead of starting from random weights.")

@@ -6,17 +6,20 @@ chain, and a random number of redundant steps (distractor computations, re-check
 givens) -- then closes the think block and restates the chain before the boxed answer, as
 R1-distill answers do::
 
-    prompt:   c =4 ; a =c +3 ; e =9 ; b =a *2 ; d =e -5 ; What is b ? <think>
-    response: \\nNeed b a c . \\nThen d =e -5 , e =9 , d =4 . \\nNow a =c +3 , c =4 , a =7 .
-              \\nNext b =a *2 , a =7 , b =4 . \\nWait , let me check that 7 *2 = 4 again . </think>
+    prompt:   c =4 ; a =c+3 ; e =9 ; b =a*2 ; d =e-5 ; What is b ? <think>
+    response: \\nNeed b a c . \\nThen d =e-5 , e =9 , d =4 . \\nNow a =c+3 , c =4 , a =7 .
+              \\nNext b =a*2 , a =7 , b =4 . \\nWait , let me check that 7 *2 = 4 again . </think>
               a =7 ; b =4 . \\boxed{ 4 }
 
-A word such as ``=c`` (defined from c), ``=4`` (has the value 4) or ``+3`` (plus 3) is one
-token, so every fact a step needs sits in the token right after a name it already wrote: a
-definition after the defined name, a value after the name in ``c =4``.  Looking facts up is
-then a one-token induction (copy what followed this name before); with ``a = c + 3`` spelt
-out, the model had to match two tokens back and stalled near 20% accuracy.  A computation names the variables it reads (``c =4``) so the final answer's
-``a =7`` and the critical steps share tokens, while re-checks repeat bare arithmetic.
+A definition ``=c+3`` (c plus 3) and a value ``=4`` are one token each, so every fact a step
+needs sits in the token right after a name it already wrote: the definition after the
+defined name, a value after the name in ``c =4``.  Looking a fact up is then a one-token
+induction (copy what followed this name before).  Both longer spellings stalled training:
+with ``a = c + 3`` the model had to match two tokens back (about 20% accuracy), and with
+``a =c +3`` it learned to copy the reference but picked the operator of the wrong definition
+half of the time (37% right after 3000 steps).  A computation names the variables it reads
+(``c =4``) so the final answer's ``a =7`` and the critical steps share tokens, while re-checks
+repeat bare arithmetic (``4 +3 = 7``, the operator ``+3`` a token of its own).
 
 Text is canonical: tokens joined by single spaces, and every step begins with a word that
 carries its newline (``"\\nNow"``), so the word tokenizer round-trips exactly and the R1
@@ -52,9 +55,9 @@ def value_word(v: int) -> str:
     return f"={v}"
 
 
-def ref_word(name: str) -> str:
-    """``=c``: "is defined from c", one token."""
-    return f"={name}"
+def ref_word(name: str, op: str, k: int) -> str:
+    """``=c+3``: "is c plus 3", one token."""
+    return f"={name}{op}{k}"
 
 
 def op_word(op: str, k: int) -> str:
@@ -89,10 +92,10 @@ class Definition:
     constant: int | None = None
 
     def words(self) -> list[str]:
-        """``c =4`` or ``a =c +3``."""
+        """``c =4`` or ``a =c+3``."""
         if self.operand is None:
             return [self.name, value_word(self.value)]
-        return [self.name, ref_word(self.operand), op_word(self.op, self.constant)]
+        return [self.name, ref_word(self.operand, self.op, self.constant)]
 
 
 @dataclass
@@ -167,7 +170,7 @@ def sample_problem(rng: random.Random, depth: tuple[int, int] = (2, 4)) -> Probl
     """A chain of 2-4 computed variables from one given, plus off-chain givens and distractors.
 
     Distractors read the off-chain givens only, so each chain variable is read by exactly one
-    definition and its ``=c`` token in the prompt is unique.
+    definition and its ``=c+3`` token in the prompt is unique.
     """
     d = rng.randint(*depth)
     n_extra_givens = rng.randint(1, 2)
@@ -187,7 +190,7 @@ def sample_problem(rng: random.Random, depth: tuple[int, int] = (2, 4)) -> Probl
 
 
 def _compute_step(rng: random.Random, p: Problem, name: str, label: str, kind: str) -> Step:
-    """``Now a =c +3 , c =4 , a =7 .``: the definition, the value it reads, the result."""
+    """``Now a =c+3 , c =4 , a =7 .``: the definition, the value it reads, the result."""
     d = p.by_name[name]
     x, y = p.value(d.operand), p.value(name)
     arithmetic = [str(x), op_word(d.op, d.constant), "=", str(y)]
@@ -196,13 +199,12 @@ def _compute_step(rng: random.Random, p: Problem, name: str, label: str, kind: s
 
 
 def _shortcut_step(rng: random.Random, p: Problem, first: str, second: str) -> Step:
-    """``Now b =c +3 *2 , c =4 , b =4 .``: two definitions applied at once, skipping ``first``."""
+    """``Now b =c+3 *2 , c =4 , b =4 .``: two definitions applied at once, skipping ``first``."""
     d, nxt = p.by_name[first], p.by_name[second]
     x, y = p.value(d.operand), p.value(second)
-    ops = [op_word(d.op, d.constant), op_word(nxt.op, nxt.constant)]
-    arithmetic = [str(x), *ops, "=", str(y)]
-    words = [rng.choice(PROGRESS_WORDS), second, ref_word(d.operand), *ops, ",", d.operand, value_word(x), ",",
-             second, value_word(y), "."]
+    arithmetic = [str(x), op_word(d.op, d.constant), op_word(nxt.op, nxt.constant), "=", str(y)]
+    words = [rng.choice(PROGRESS_WORDS), second, *d.words()[1:], op_word(nxt.op, nxt.constant), ",", d.operand,
+             value_word(x), ",", second, value_word(y), "."]
     return Step(words, "critical", "shortcut", second, arithmetic)
 
 
@@ -221,7 +223,7 @@ def sample_trace(
     """A reference trace with a random number of redundant steps placed at random positions.
 
     With probability ``shortcut_prob`` two consecutive critical steps are merged into one
-    (``b =c +3 *2 ...``): shorter, and harder for the model to get right.
+    (``b =c+3 *2 ...``): shorter, and harder for the model to get right.
     """
     p = problem or sample_problem(rng)
     chain = p.chain()  # [query, ..., given]
@@ -268,7 +270,7 @@ def sample_trace(
 
 
 _BOXED = re.compile(r"\\boxed\{\s*(\S+)\s*\}")
-_VALUE, _REF, _OP = re.compile(r"=\d"), re.compile(r"=[a-z]"), re.compile(r"[-+*][1-9]")
+_VALUE, _REF, _OP = re.compile(r"=\d"), re.compile(r"=[a-z][-+*][1-9]"), re.compile(r"[-+*][1-9]")
 
 
 def extract_answer(response: str) -> str | None:
@@ -298,8 +300,8 @@ def parse_prompt(prompt: str) -> Problem:
         w = c.split()
         if len(w) == 2 and _VALUE.fullmatch(w[1]):
             defs.append(Definition(w[0], value=int(w[1][1:])))
-        elif len(w) == 3 and _REF.fullmatch(w[1]) and _OP.fullmatch(w[2]):
-            defs.append(Definition(w[0], operand=w[1][1:], op=w[2][0], constant=int(w[2][1:])))
+        elif len(w) == 2 and _REF.fullmatch(w[1]):
+            defs.append(Definition(w[0], operand=w[1][1], op=w[1][2], constant=int(w[1][3:])))
         else:
             raise ValueError(f"not an organism definition: {c!r}")
     problem = Problem(defs, question[2])
@@ -332,7 +334,7 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
         elif len(w) >= 3 and w[0] in ("Now", "Then", "Next") and _REF.fullmatch(w[2]):
             name = w[1]
             if name in chain and name not in seen:
-                shortcut = len(w) > 4 and is_op_word(w[4])  # ``b =c +3 *2``
+                shortcut = len(w) > 3 and is_op_word(w[3])  # ``b =c+3 *2``
                 out.append(("critical", "shortcut" if shortcut else "compute"))
             elif name in chain:
                 out.append(("redundant", "repeat"))
