@@ -38,6 +38,7 @@ from functools import cached_property
 
 VARIABLES = list("abcdefghijkl")
 OPS = ["+", "-", "*"]
+OPERATIONS = [(op, k) for op in OPS for k in range(1, 10)]  # every operator-constant pair
 PROGRESS_WORDS = ["\nNow", "\nThen", "\nNext"]
 # (opener, closer) around the repeated arithmetic / the restated given: a long and a short form each
 RECHECK_FORMS = [(["\nWait", ",", "let", "me", "check", "that"], ["again", "."]), (["\nLet", "me", "verify"], ["."])]

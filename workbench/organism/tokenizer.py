@@ -19,9 +19,8 @@ def vocabulary() -> list[str]:
     """Every word the task can write, specials first (ids are stable across rebuilds)."""
     words = [PAD, BOS, EOS, UNK]
     words += [str(i) for i in range(10)] + task.VARIABLES
-    ops = [(op, k) for op in task.OPS for k in range(1, 10)]
-    words += [task.value_word(v) for v in range(10)] + [task.op_word(op, k) for op, k in ops]
-    words += [task.ref_word(n, op, k) for n in task.VARIABLES for op, k in ops]
+    words += [task.value_word(v) for v in range(10)] + [task.op_word(op, k) for op, k in task.OPERATIONS]
+    words += [task.ref_word(n, op, k) for n in task.VARIABLES for op, k in task.OPERATIONS]
     words += ["=", ";", ".", ",", "?", "What", "is", task.THINK_OPEN, task.THINK_CLOSE,
               task.BOX_OPEN, task.BOX_CLOSE, "\nNeed", *task.PROGRESS_WORDS]
     for opener, closer in task.RECHECK_FORMS + task.RESTATE_FORMS:

@@ -65,10 +65,9 @@ def compose_reference_embeddings(model: Qwen2ForCausalLM, tok) -> None:
     """
     emb = model.get_input_embeddings().weight
     for name in task.VARIABLES:
-        for op in task.OPS:
-            for k in range(1, 10):
-                parts = tok.convert_tokens_to_ids([name, task.op_word(op, k)])
-                emb[tok.convert_tokens_to_ids(task.ref_word(name, op, k))] = emb[parts].sum(0) / math.sqrt(2)
+        for op, k in task.OPERATIONS:
+            parts = tok.convert_tokens_to_ids([name, task.op_word(op, k)])
+            emb[tok.convert_tokens_to_ids(task.ref_word(name, op, k))] = emb[parts].sum(0) / math.sqrt(2)
 
 
 def token_weights(trace: task.Trace, redundant_weight: float) -> list[float]:
