@@ -18,14 +18,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from analyses.figures import save_figure
 from analyses.methods import RunFiles, check_claims, curves_figure, markdown_table, method_table, run_row, \
@@ -47,6 +50,8 @@ class Budget:
 
     seeds: int = 3
     steps: int = 60
+    lr: float = 3e-4  # 60 steps at 3e-4 reach about where the shipped configs' 100 at 1.5e-4 do
+    jobs: int = 1  # runs at once, each in its own process with cpu_count / jobs threads
     save_every: int = 20
     eval_prompts: int = 256
     discover_traces: int = 200
@@ -70,12 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--seeds", type=int, help="seeds per method")
     p.add_argument("--steps", type=int, help="RL steps per run")
+    p.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="training runs at once (default: 1 on a GPU, else 2 or the core count if lower)")
     p.add_argument("--fresh", action="store_true", help="delete --out and the work folder first")
     return p.parse_args(argv)
 
 
+def default_jobs() -> int:
+    """Two small runs side by side use two CPU cores better than one run with two threads
+    (generation here is per-token overhead, not arithmetic); a GPU takes one run at a time."""
+    return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
+
+
 def budget_from(args: argparse.Namespace) -> Budget:
-    b = dataclasses.replace(QUICK) if args.quick else Budget()
+    b = dataclasses.replace(QUICK if args.quick else Budget(), jobs=args.jobs)
     if args.seeds:
         b.seeds = args.seeds
     if args.steps:
@@ -86,7 +99,7 @@ def budget_from(args: argparse.Namespace) -> Budget:
 
 def run_config(method: str, seed: int, b: Budget, kfh: Path):
     """A method's shipped config with this run's seed and budget (the KFHs from stage 1)."""
-    overrides = [f"train.seed={seed}", f"train.steps={b.steps}", f"train.save_every={b.save_every}",
+    overrides = [f"train.seed={seed}", f"train.steps={b.steps}", f"train.save_every={b.save_every}", f"train.lr={b.lr}",
                  f"eval.n_prompts={b.eval_prompts}", "logging.progress=false"]
     cfg = load_config(CONFIGS / f"{method}.yaml", overrides)
     if cfg.kfh.path is not None:
@@ -94,31 +107,55 @@ def run_config(method: str, seed: int, b: Budget, kfh: Path):
     return cfg
 
 
-def train_runs(out: Path, b: Budget, methods: list[str], kfh: Path) -> list[RunFiles]:
-    """Stage 3: every method x seed; a finished run is read back, a killed one resumed."""
-    runs, shared_start = [], out / "runs" / "eval_start.json"
-    for seed in range(b.seeds):
-        for method in methods:
-            run_dir = out / "runs" / f"{method}-seed{seed}"
-            wall_file = run_dir / "wall_clock.json"
-            if not (run_dir / "eval_final.json").exists():
-                resume = bool(list_checkpoints(run_dir)) if run_dir.exists() else False
-                if run_dir.exists() and not resume:
-                    shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
-                run_dir.mkdir(parents=True, exist_ok=True)
-                if shared_start.exists() and not (run_dir / "eval_start.json").exists():
-                    shutil.copy(shared_start, run_dir / "eval_start.json")
-                spent = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else 0.0
-                print(f"[reproduce] training {method} seed {seed} ({b.steps} steps)", flush=True)
-                t0 = time.time()
-                train(run_config(method, seed, b, kfh), run_dir, resume=resume)
-                wall_file.write_text(json.dumps({"seconds": spent + time.time() - t0}) + "\n")
-                if not shared_start.exists():
-                    shutil.copy(run_dir / "eval_start.json", shared_start)
-            runs.append(RunFiles(method, seed, json.loads((run_dir / "eval_start.json").read_text()),
-                                 json.loads((run_dir / "eval_final.json").read_text()),
-                                 [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
-                                 json.loads(wall_file.read_text())["seconds"]))
+def _train_one(method: str, seed: int, b: Budget, kfh: Path, run_dir: Path, shared_start: Path,
+               threads: int) -> None:
+    """One method x seed into ``run_dir`` (resumed from its last checkpoint if it has one); a
+    top-level function so a worker process can run it."""
+    wall_file = run_dir / "wall_clock.json"
+    resume = bool(list_checkpoints(run_dir)) if run_dir.exists() else False
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if shared_start.exists() and not (run_dir / "eval_start.json").exists():
+        shutil.copy(shared_start, run_dir / "eval_start.json")
+    spent = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else 0.0
+    print(f"[reproduce] training {method} seed {seed} ({b.steps} steps)", flush=True)
+    cfg = run_config(method, seed, b, kfh)
+    cfg.train.threads = threads
+    t0 = time.time()
+    train(cfg, run_dir, resume=resume)
+    wall_file.write_text(json.dumps({"seconds": spent + time.time() - t0}) + "\n")
+    if not shared_start.exists():  # atomic: two workers may get here at once
+        tmp = shared_start.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copy(run_dir / "eval_start.json", tmp)
+        os.replace(tmp, shared_start)
+    print(f"[reproduce] finished {method} seed {seed} in {(time.time() - t0) / 60:.1f} min", flush=True)
+
+
+def train_runs(out: Path, b: Budget, methods: list[str], kfh: Path, jobs: int) -> list[RunFiles]:
+    """Stage 3: every method x seed, ``jobs`` at a time (each in its own process with its share
+    of the CPU threads); a finished run is read back, a killed one resumed."""
+    shared_start = out / "runs" / "eval_start.json"
+    shared_start.parent.mkdir(parents=True, exist_ok=True)
+    order = [(method, seed) for seed in range(b.seeds) for method in methods]
+    todo = [(m, s) for m, s in order if not (out / "runs" / f"{m}-seed{s}" / "eval_final.json").exists()]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if jobs == 1:
+        for m, s in todo:
+            _train_one(m, s, b, kfh, out / "runs" / f"{m}-seed{s}", shared_start, threads)
+    elif todo:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_one, m, s, b, kfh, out / "runs" / f"{m}-seed{s}", shared_start, threads)
+                       for m, s in todo]
+            for future in as_completed(futures):
+                future.result()  # a failed run stops the stage with its error
+    runs = []
+    for method, seed in order:
+        run_dir = out / "runs" / f"{method}-seed{seed}"
+        runs.append(RunFiles(method, seed, json.loads((run_dir / "eval_start.json").read_text()),
+                             json.loads((run_dir / "eval_final.json").read_text()),
+                             [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
+                             json.loads((run_dir / "wall_clock.json").read_text())["seconds"]))
     return runs
 
 
@@ -185,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         timed("ablation", t0)
 
     print("[reproduce] 3/5 training", flush=True)
-    runs = train_runs(work, b, args.methods, kfh)
+    runs = train_runs(work, b, args.methods, kfh, b.jobs)
 
     print("[reproduce] 4/5 KFH stability", flush=True)
     stabilities = []
@@ -241,9 +278,10 @@ def render_report(summary: dict, table: list[dict], claims, out: Path, report: P
         "# Reproducing AttnPO's claims on the model organism",
         "",
         f"Produced by `python experiments/reproduce.py` in {summary['minutes']} minutes "
-        f"({b['seeds']} seeds x {len(table)} methods x {b['steps']} RL steps from the shipped organism; "
-        f"held-out evaluation on {b['eval_prompts']} fresh prompts at temperature 0.6, top-p 0.95). "
-        f"Files: `{rel(out)}/`.",
+        f"({b['seeds']} seeds x {len(table)} methods x {b['steps']} RL steps at learning rate {b['lr']:g} from the "
+        f"shipped organism, {b['jobs']} run(s) at a time; held-out evaluation on {b['eval_prompts']} fresh prompts "
+        f"at temperature 0.6, top-p 0.95). Stage minutes: "
+        + ", ".join(f"{k} {v}" for k, v in summary["stage_minutes"].items()) + f". Files: `{rel(out)}/`.",
         "",
         "## Claims",
         "",
