@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
         timed("ablation", t0)
 
     print("[reproduce] 3/5 training", flush=True)
+    t0 = time.time()
     runs = train_runs(work, b, args.methods, kfh, b.jobs)
+    timed("training", t0)
 
     print("[reproduce] 4/5 KFH stability", flush=True)
     stabilities = []
@@ -252,7 +254,6 @@ def main(argv: list[str] | None = None) -> dict:
     ablation = json.loads(ablation_file.read_text())
     claims = check_claims(table, ablation, stabilities)
     timed("report", t0)
-    timings["training"] = sum(r.wall_s for r in runs)
     summary = {"budget": vars(b), "minutes": round(sum(timings.values()) / 60, 1),
                "stage_minutes": {k: round(v / 60, 1) for k, v in timings.items()},
                "baselines": json.loads((work / "discover" / "baselines.json").read_text())["baselines"],
