@@ -85,11 +85,44 @@ def markdown_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# training-dynamics columns: (metrics.jsonl key, header, format)
+DYNAMICS = [
+    ("mean_response_tokens", "rollout tokens", "{:.1f}"),
+    ("accuracy", "rollout accuracy", "{:.3f}"),
+    ("redundant_step_fraction", "redundant-step share", "{:.3f}"),
+    ("frac_steps_attenuated", "steps attenuated", "{:.3f}"),
+    ("attenuation_precision", "attenuation precision", "{:.3f}"),
+]
+
+
+def dynamics_table(runs: list[RunFiles], order: list[str], window: int = 10) -> str:
+    """Markdown: per method, each training metric averaged over the first and the last ``window``
+    steps (then over seeds), as ``first → last``; shows *when* each method removes what."""
+    def mean_over(rows: list[dict], key: str) -> float:
+        values = [m[key] for m in rows if m.get(key) is not None]
+        return float(np.mean(values)) if values else math.nan
+
+    head = ["method"] + [c[1] for c in DYNAMICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in order:
+        mine = [r for r in runs if r.method == method]
+        if not mine:
+            continue
+        cells = [method]
+        for key, _, fmt in DYNAMICS:
+            ends = [np.nanmean([mean_over(part(r.metrics), key) for r in mine])
+                    for part in (lambda m: m[:window], lambda m: m[-window:])]
+            cells.append("–" if all(math.isnan(e) for e in ends) else " → ".join(
+                "–" if math.isnan(e) else fmt.format(e) for e in ends))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 @dataclass
 class Claim:
     claim: str
     measured: str
-    verdict: str  # "holds" | "does not hold" | "within noise" | "not measured"
+    verdict: str  # "holds" | "does not hold" | "within noise" | "not testable" | "not measured"
 
 
 def _spread(*entries_keys) -> float:
@@ -104,6 +137,26 @@ def _verdict(difference: float, noise: float) -> str:
     if abs(difference) <= noise:
         return "within noise"
     return "holds" if difference > 0 else "does not hold"
+
+
+def _pos_adv_claim(a: dict, p: dict, t: dict | None) -> Claim:
+    """Pos-Adv's share of AttnPO's shortening.  Both carry the length penalty, so with a TLMRE row
+    the share is of what AttnPO cuts *beyond* the length penalty alone; when AttnPO cuts nothing
+    beyond it (within noise or less), there is nothing to attribute and the claim is not testable."""
+    claim = "Pos-Adv alone gives most of AttnPO's shortening"
+    if t is None:
+        if a["token_change"] >= 0:
+            return Claim(claim, f"AttnPO did not shorten ({a['token_change']:+.1%})", "not testable")
+        share = p["token_change"] / a["token_change"]
+        return Claim(claim, f"Pos-Adv {p['token_change']:+.1%} of AttnPO's {a['token_change']:+.1%} ({share:.0%} "
+                     "of it; no TLMRE run to separate the length penalty)", "holds" if share >= 0.5 else "does not hold")
+    extra_a, extra_p = t["token_change"] - a["token_change"], t["token_change"] - p["token_change"]
+    measured = (f"beyond TLMRE's {t['token_change']:+.1%}: AttnPO {-extra_a:+.1%}, Pos-Adv {-extra_p:+.1%} "
+                "(points of tokens vs start)")
+    if extra_a <= _spread((a, "token_change"), (t, "token_change")):
+        return Claim(claim, measured + "; AttnPO cuts nothing beyond the length penalty here", "not testable")
+    share = extra_p / extra_a
+    return Claim(claim, measured + f"; Pos-Adv gives {share:.0%} of it", "holds" if share >= 0.5 else "does not hold")
 
 
 def check_claims(table: list[dict], ablation: dict | None, stability: list[dict]) -> list[Claim]:
@@ -130,12 +183,7 @@ def check_claims(table: list[dict], ablation: dict | None, stability: list[dict]
                             f"accuracy {a['accuracy']:.3f} vs {t['accuracy']:.3f}", verdict))
     if have("attnpo", "attnpo_pos"):
         a, p = by["attnpo"], by["attnpo_pos"]
-        share = p["token_change"] / a["token_change"] if a["token_change"] < 0 else math.nan
-        claims.append(Claim("Pos-Adv alone gives most of AttnPO's shortening",
-                            f"Pos-Adv {p['token_change']:+.1%} of AttnPO's {a['token_change']:+.1%} "
-                            f"({share:.0%} of it)" if not math.isnan(share) else
-                            f"AttnPO did not shorten ({a['token_change']:+.1%})",
-                            "not measured" if math.isnan(share) else ("holds" if share >= 0.5 else "does not hold")))
+        claims.append(_pos_adv_claim(a, p, by.get("tlmre")))
         claims.append(Claim("Neg-Adv adds accuracy (AttnPO against Pos-Adv alone)",
                             f"accuracy {a['accuracy']:.3f} vs {p['accuracy']:.3f}",
                             _verdict(a["accuracy"] - p["accuracy"], _spread((a, "accuracy"), (p, "accuracy")))))

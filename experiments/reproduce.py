@@ -9,8 +9,9 @@ KFH-score steps), (3) RL from the shipped organism with every method x seed on t
 (4) KFH stability across each AttnPO run's checkpoints, (5) tables, figures and the report, with
 the small files they come from copied to ``--out``.  A stage whose output exists is not run
 again, so a killed run picks up where it stopped (a training run resumes from its last
-checkpoint); ``--fresh`` starts over.  The start-of-run evaluation is the same for every run (same model, prompts and
-sampling seed), so it is computed once and shared.
+checkpoint); ``--fresh`` starts over.  Training runs go ``--jobs`` at a time, each in its own
+process.  The start-of-run evaluation is the same for every run (same model, prompts and sampling
+seed), so once one run has written it the others copy it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import pandas as pd
 import torch
 
 from analyses.figures import save_figure
-from analyses.methods import RunFiles, check_claims, curves_figure, markdown_table, method_table, run_row, \
-    tokens_accuracy_figure
+from analyses.methods import RunFiles, check_claims, curves_figure, dynamics_table, markdown_table, method_table, \
+    run_row, tokens_accuracy_figure
 from experiments import ablate_steps, discover_heads, stability
 from workbench.config import load_config
 from workbench.models import load_model
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                "claims": [vars(c) for c in claims]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render_report(summary, table, claims, out, report))
+    report.write_text(render_report(summary, table, claims, dynamics_table(runs, args.methods), out, report))
     print(markdown_table(table))
     for c in claims:
         print(f"- {c.verdict:>13}: {c.claim} ({c.measured})")
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def render_report(summary: dict, table: list[dict], claims, out: Path, report: Path) -> str:
+def render_report(summary: dict, table: list[dict], claims, dynamics: str, out: Path, report: Path) -> str:
     """docs/REPORT.md: every number is read from the files this run wrote."""
     rel = lambda p: Path(os.path.relpath(p, report.parent)).as_posix()  # links that work from the report
     d, b, ks = summary["discovery"], summary["budget"], summary["ablation"]["ks"]
@@ -298,6 +299,16 @@ def render_report(summary: dict, table: list[dict], claims, out: Path, report: P
         markdown_table(table),
         "",
         f"![tokens against accuracy]({rel(out / 'figures' / 'tokens_accuracy.png')})",
+        "",
+        "## Training dynamics",
+        "",
+        "On the training rollouts (temperature 1), averaged over the first and the last 10 RL steps, then over seeds. "
+        "*Steps attenuated* is the share of steps whose advantage the KFH scores (or, for the oracle, the true "
+        "labels) scaled down; *attenuation precision* the share of those that were truly redundant.",
+        "",
+        dynamics,
+        "",
+        f"![tokens during training]({rel(out / 'figures' / 'tokens_during_training.png')})",
         "",
         "## Key-Focus Heads",
         "",

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from analyses.methods import RunFiles, check_claims, markdown_table, method_table, run_row
+from analyses.methods import RunFiles, check_claims, dynamics_table, markdown_table, method_table, run_row
 
 
 def run(method, seed, tokens, acc, crit=2.0, precision=None, start_tokens=100.0):
@@ -35,6 +35,18 @@ def test_markdown_table_shows_mean_and_std_and_dashes_for_missing():
     assert "| – |" in line  # no attenuation precision for RLOO
 
 
+def test_dynamics_table_averages_first_and_last_steps_over_seeds():
+    def trained(seed, first, last):
+        metrics = [{"step": i + 1, "mean_response_tokens": first if i < 10 else last, "accuracy": 1.0,
+                    "redundant_step_fraction": 0.5, "attenuation_precision": None} for i in range(25)]
+        return RunFiles("tlmre", seed, {}, {}, metrics, 1.0)
+
+    md = dynamics_table([trained(0, 90.0, 50.0), trained(1, 80.0, 40.0)], ["tlmre", "rloo"], window=10)
+    lines = md.splitlines()
+    assert len(lines) == 3, "a method without runs gets no row"
+    assert lines[2] == "| tlmre | 85.0 → 45.0 | 1.000 → 1.000 | 0.500 → 0.500 | – | – |"
+
+
 def table_of(spec):
     rows = [run_row(run(m, s, tok + 2 * s, acc, precision=0.9)) for m, (tok, acc) in spec.items() for s in range(3)]
     return method_table(rows, list(spec))
@@ -50,7 +62,13 @@ def test_claims_follow_the_numbers():
     bad = table_of({"tlmre": (40, 0.92), "attnpo_pos": (90, 0.80), "attnpo": (80, 0.70), "oracle": (90, 0.60)})
     unstable = [{"pearson_step_scores": [1.0, 0.5]}]
     swapped = {"conditions": {"none": {"pass@1": 0.95}, "high": {"pass@1": 0.9}, "low": {"pass@1": 0.5}}}
-    assert [c.verdict for c in check_claims(bad, swapped, unstable)] == ["does not hold"] * 6
+    verdicts = [c.verdict for c in check_claims(bad, swapped, unstable)]
+    # AttnPO is longer than TLMRE here, so it has no shortening of its own for Pos-Adv to account for
+    assert verdicts == ["does not hold", "not testable"] + ["does not hold"] * 4, verdicts
+
+    weak_pos = table_of({"tlmre": (80, 0.85), "attnpo_pos": (75, 0.88), "attnpo": (40, 0.92)})
+    (pos,) = [c for c in check_claims(weak_pos, None, []) if c.claim.startswith("Pos-Adv alone")]
+    assert pos.verdict == "does not hold" and "12%" in pos.measured  # 5 of AttnPO's 40 extra points
 
 
 def test_a_difference_inside_the_seed_spread_is_within_noise():
@@ -64,18 +82,22 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     from experiments import reproduce
 
     out = tmp_path / "results"
-    summary = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2"])
+    # two runs side by side in worker processes, as the full run does on a CPU
+    summary = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2",
+                              "--jobs", "2"])
+    assert summary["budget"]["jobs"] == 2
     assert [e["method"] for e in summary["methods"]] == ["tlmre", "attnpo"]
     assert all(e["seeds"] == 1 and e["tokens"] > 0 for e in summary["methods"])
     report = (out / "REPORT.md").read_text()
     for c in summary["claims"]:
-        assert c["claim"] in report and c["verdict"] in ("holds", "does not hold", "within noise", "not measured")
+        assert c["claim"] in report and c["verdict"] in ("holds", "does not hold", "within noise", "not testable",
+                                                          "not measured")
     assert "| attnpo | 1 |" in report and (out / "methods.csv").exists()
     for name in ("discover/kfh.json", "ablation.json", "runs/attnpo-seed0/metrics.jsonl",
                  "runs/attnpo-seed0/eval_final.json", "figures/tokens_accuracy.html", "figures/sra_heatmap.html"):
         assert (out / name).exists(), name
     assert not list(out.glob("runs/*/checkpoints")), "checkpoints stay in the work folder"
-    # the start evaluation is computed once and shared: identical in every run
+    # the start evaluation is the same for every run (same model, prompts, sampling seed): identical files
     starts = {(out / "runs" / r / "eval_start.json").read_text() for r in ("tlmre-seed0", "attnpo-seed0")}
     assert len(starts) == 1
     # a second call finds every stage done and only rewrites the report from the same files
