@@ -16,6 +16,7 @@ COLUMNS = [
     ("accuracy", "held-out accuracy", "{:.3f}"),
     ("tokens", "mean response tokens", "{:.1f}"),
     ("token_change", "tokens vs start", "{:+.1%}"),
+    ("train_tokens", "rollout tokens during training", "{:.1f}"),
     ("redundant_share", "redundant-step share", "{:.3f}"),
     ("critical_kept", "critical-step share kept", "{:.3f}"),
     ("attenuation_precision", "attenuation precision", "{:.3f}"),
@@ -45,6 +46,8 @@ def run_row(run: RunFiles) -> dict:
         "accuracy": f["accuracy"], "start_accuracy": s["accuracy"],
         "tokens": f["mean_response_tokens"], "start_tokens": s["mean_response_tokens"],
         "token_change": f["mean_response_tokens"] / s["mean_response_tokens"] - 1,
+        "train_tokens": float(np.mean([m["mean_response_tokens"] for m in run.metrics
+                                       if m.get("mean_response_tokens") is not None] or [math.nan])),
         "redundant_share": f.get("redundant_step_fraction", math.nan),
         "critical_kept": f.get("critical_steps_per_response", math.nan) / crit_start if crit_start else math.nan,
         "attenuation_precision": float(np.mean(precision)) if precision else math.nan,
@@ -92,15 +95,19 @@ DYNAMICS = [
     ("redundant_step_fraction", "redundant-step share", "{:.3f}"),
     ("frac_steps_attenuated", "steps attenuated", "{:.3f}"),
     ("attenuation_precision", "attenuation precision", "{:.3f}"),
+    ("frac_steps_protected", "steps protected", "{:.3f}"),
+    ("protection_precision", "protection precision", "{:.3f}"),
 ]
 
 
-def dynamics_table(runs: list[RunFiles], order: list[str], window: int = 10) -> str:
-    """Markdown: per method, each training metric averaged over the first and the last ``window``
-    steps (then over seeds), as ``first → last``; shows *when* each method removes what."""
-    def mean_over(rows: list[dict], key: str) -> float:
-        values = [m[key] for m in rows if m.get(key) is not None]
-        return float(np.mean(values)) if values else math.nan
+def dynamics_table(runs: list[RunFiles], order: list[str]) -> str:
+    """Markdown: per method, each training metric averaged over the first, middle and last third
+    of the steps (then over seeds), as ``a → b → c``; shows how fast each method removes what."""
+    def thirds(metrics: list[dict], key: str) -> list[float]:
+        values = [m.get(key) for m in metrics]
+        parts = np.array_split(np.arange(len(values)), 3)
+        kept = [[values[i] for i in part if values[i] is not None] for part in parts]
+        return [float(np.mean(k)) if k else math.nan for k in kept]
 
     head = ["method"] + [c[1] for c in DYNAMICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -110,10 +117,11 @@ def dynamics_table(runs: list[RunFiles], order: list[str], window: int = 10) -> 
             continue
         cells = [method]
         for key, _, fmt in DYNAMICS:
-            ends = [np.nanmean([mean_over(part(r.metrics), key) for r in mine])
-                    for part in (lambda m: m[:window], lambda m: m[-window:])]
-            cells.append("–" if all(math.isnan(e) for e in ends) else " → ".join(
-                "–" if math.isnan(e) else fmt.format(e) for e in ends))
+            per_run = np.array([thirds(r.metrics, key) for r in mine])
+            means = [float(np.mean(col[~np.isnan(col)])) if (~np.isnan(col)).any() else math.nan
+                     for col in per_run.T]
+            cells.append("–" if all(math.isnan(v) for v in means) else " → ".join(
+                "–" if math.isnan(v) else fmt.format(v) for v in means))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -159,8 +167,25 @@ def _pos_adv_claim(a: dict, p: dict, t: dict | None) -> Claim:
     return Claim(claim, measured + f"; Pos-Adv gives {share:.0%} of it", "holds" if share >= 0.5 else "does not hold")
 
 
-def check_claims(table: list[dict], ablation: dict | None, stability: list[dict]) -> list[Claim]:
-    """The paper's claims, each with the number measured here and a verdict.
+def _faster_claim(rows: list[dict]) -> Claim | None:
+    """Ours, not the paper's: AttnPO's rollouts get short sooner than TLMRE's.  Paired by seed (a
+    seed draws the same prompts in every method), on the mean rollout length over all RL steps;
+    it holds when the mean paired difference exceeds the std of the differences."""
+    by_seed = {(r["method"], r["seed"]): r["train_tokens"] for r in rows}
+    diffs = np.array([by_seed[("tlmre", s)] - by_seed[("attnpo", s)]
+                      for m, s in by_seed if m == "attnpo" and ("tlmre", s) in by_seed])
+    if len(diffs) == 0:
+        return None
+    noise = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
+    return Claim("(ours) AttnPO shortens sooner than the length penalty alone: fewer rollout tokens during training",
+                 f"TLMRE minus AttnPO, mean rollout tokens over training, per seed: "
+                 + ", ".join(f"{d:+.1f}" for d in diffs), _verdict(float(diffs.mean()), noise))
+
+
+def check_claims(table: list[dict], ablation: dict | None, stability: list[dict],
+                 rows: list[dict] | None = None) -> list[Claim]:
+    """The paper's claims, each with the number measured here and a verdict (plus ours, from the
+    per-run ``rows``, when given).
 
     A difference counts only when it exceeds the pooled seed std of the two rows compared.
     """
@@ -209,7 +234,8 @@ def check_claims(table: list[dict], ablation: dict | None, stability: list[dict]
                             f"pass@1: intact {none:.3f}, high removed {high:.3f}, low removed {low:.3f} "
                             f"(gap {low - high:+.3f})", "holds" if low - high >= 0.3 else (
                                 "does not hold" if low - high <= 0 else "within noise")))
-    return claims
+    faster = _faster_claim(rows) if rows else None
+    return claims + ([faster] if faster else [])
 
 
 def tokens_accuracy_figure(table: list[dict]) -> go.Figure:

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     save_figure(curves_figure(runs), out / "figures", "tokens_during_training")
     save_figure(curves_figure(runs, "accuracy"), out / "figures", "accuracy_during_training")
     ablation = json.loads(ablation_file.read_text())
-    claims = check_claims(table, ablation, stabilities)
+    claims = check_claims(table, ablation, stabilities, rows)
     timed("report", t0)
     summary = {"budget": vars(b), "minutes": round(sum(timings.values()) / 60, 1),
                "stage_minutes": {k: round(v / 60, 1) for k, v in timings.items()},
@@ -302,9 +302,11 @@ def render_report(summary: dict, table: list[dict], claims, dynamics: str, out: 
         "",
         "## Training dynamics",
         "",
-        "On the training rollouts (temperature 1), averaged over the first and the last 10 RL steps, then over seeds. "
+        "On the training rollouts (temperature 1), averaged over the first, middle and last third of the RL steps, then over seeds. "
         "*Steps attenuated* is the share of steps whose advantage the KFH scores (or, for the oracle, the true "
-        "labels) scaled down; *attenuation precision* the share of those that were truly redundant.",
+        "labels) scaled down (Pos-Adv), *attenuation precision* the share of those that were truly redundant; *steps "
+        "protected* the share whose negative advantage Neg-Adv removed, *protection precision* the share of those "
+        "that were truly needed.",
         "",
         dynamics,
         "",

@@ -35,16 +35,17 @@ def test_markdown_table_shows_mean_and_std_and_dashes_for_missing():
     assert "| – |" in line  # no attenuation precision for RLOO
 
 
-def test_dynamics_table_averages_first_and_last_steps_over_seeds():
+def test_dynamics_table_averages_each_third_of_training_over_seeds():
     def trained(seed, first, last):
         metrics = [{"step": i + 1, "mean_response_tokens": first if i < 10 else last, "accuracy": 1.0,
-                    "redundant_step_fraction": 0.5, "attenuation_precision": None} for i in range(25)]
+                    "redundant_step_fraction": 0.5, "attenuation_precision": None if i < 20 else 0.8}
+                   for i in range(30)]
         return RunFiles("tlmre", seed, {}, {}, metrics, 1.0)
 
-    md = dynamics_table([trained(0, 90.0, 50.0), trained(1, 80.0, 40.0)], ["tlmre", "rloo"], window=10)
+    md = dynamics_table([trained(0, 90.0, 50.0), trained(1, 80.0, 40.0)], ["tlmre", "rloo"])
     lines = md.splitlines()
     assert len(lines) == 3, "a method without runs gets no row"
-    assert lines[2] == "| tlmre | 85.0 → 45.0 | 1.000 → 1.000 | 0.500 → 0.500 | – | – |"
+    assert lines[2] == "| tlmre | 85.0 → 45.0 → 45.0 | 1.000 → 1.000 → 1.000 | 0.500 → 0.500 → 0.500 | – | – → – → 0.800 | – | – |"
 
 
 def table_of(spec):
@@ -76,6 +77,26 @@ def test_a_difference_inside_the_seed_spread_is_within_noise():
     rows += [run_row(run("attnpo", s, 58 + 20 * s, 0.9)) for s in range(3)]
     (claim,) = [c for c in check_claims(method_table(rows, ["tlmre", "attnpo"]), None, []) if "TLMRE" in c.claim]
     assert claim.verdict == "within noise"
+
+
+def test_sooner_shortening_is_judged_on_differences_paired_by_seed():
+    def trained(method, seed, tokens):
+        metrics = [{"step": i + 1, "mean_response_tokens": tokens - i} for i in range(5)]
+        return run_row(RunFiles(method, seed, {"accuracy": 1.0, "mean_response_tokens": 90.0},
+                                {"accuracy": 1.0, "mean_response_tokens": 50.0}, metrics, 1.0))
+
+    # seeds differ a lot (70 / 80 / 90) but AttnPO is 2-3 tokens below TLMRE in every one: a paired effect
+    rows = [trained("tlmre", s, t) for s, t in enumerate([70, 80, 90])]
+    rows += [trained("attnpo", s, t) for s, t in enumerate([68, 77, 88])]
+    assert rows[0]["train_tokens"] == 68.0  # mean of 70, 69, ..., 66
+    table = method_table(rows, ["tlmre", "attnpo"])
+    (sooner,) = [c for c in check_claims(table, None, [], rows) if c.claim.startswith("(ours)")]
+    assert sooner.verdict == "holds" and "+2.0, +3.0, +2.0" in sooner.measured
+    mixed = rows[:3] + [trained("attnpo", s, t) for s, t in enumerate([72, 77, 90])]  # -2, +3, 0
+    (sooner,) = [c for c in check_claims(method_table(mixed, ["tlmre", "attnpo"]), None, [], mixed)
+                 if c.claim.startswith("(ours)")]
+    assert sooner.verdict == "within noise"
+    assert not [c for c in check_claims(table, None, []) if c.claim.startswith("(ours)")], "needs the rows"
 
 
 def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
