@@ -36,21 +36,25 @@ class RunFiles:
     wall_s: float
 
 
+def _mean(values) -> float:
+    """Mean of the values that are numbers (None and NaN skipped); NaN when there are none."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
 def run_row(run: RunFiles) -> dict:
     """The table's numbers for one run (NaN where a number does not apply)."""
     s, f = run.eval_start, run.eval_final
-    precision = [m["attenuation_precision"] for m in run.metrics if m.get("attenuation_precision") is not None]
     crit_start = s.get("critical_steps_per_response", math.nan)
     return {
         "method": run.method, "seed": run.seed,
         "accuracy": f["accuracy"], "start_accuracy": s["accuracy"],
         "tokens": f["mean_response_tokens"], "start_tokens": s["mean_response_tokens"],
         "token_change": f["mean_response_tokens"] / s["mean_response_tokens"] - 1,
-        "train_tokens": float(np.mean([m["mean_response_tokens"] for m in run.metrics
-                                       if m.get("mean_response_tokens") is not None] or [math.nan])),
+        "train_tokens": _mean(m.get("mean_response_tokens") for m in run.metrics),
         "redundant_share": f.get("redundant_step_fraction", math.nan),
         "critical_kept": f.get("critical_steps_per_response", math.nan) / crit_start if crit_start else math.nan,
-        "attenuation_precision": float(np.mean(precision)) if precision else math.nan,
+        "attenuation_precision": _mean(m.get("attenuation_precision") for m in run.metrics),
         "wall_s": run.wall_s,
     }
 
@@ -64,10 +68,9 @@ def method_table(rows: list[dict], order: list[str]) -> list[dict]:
             continue
         entry = {"method": method, "seeds": len(mine)}
         for key in [c[0] for c in COLUMNS] + ["start_accuracy", "start_tokens"]:
-            values = np.array([r[key] for r in mine], dtype=float)
-            finite = values[np.isfinite(values)]
-            entry[key] = float(finite.mean()) if len(finite) else math.nan
-            entry[key + "_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+            finite = [r[key] for r in mine if not math.isnan(r[key])]
+            entry[key] = _mean(finite)
+            entry[key + "_std"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
         out.append(entry)
     return out
 
@@ -104,10 +107,7 @@ def dynamics_table(runs: list[RunFiles], order: list[str]) -> str:
     """Markdown: per method, each training metric averaged over the first, middle and last third
     of the steps (then over seeds), as ``a → b → c``; shows how fast each method removes what."""
     def thirds(metrics: list[dict], key: str) -> list[float]:
-        values = [m.get(key) for m in metrics]
-        parts = np.array_split(np.arange(len(values)), 3)
-        kept = [[values[i] for i in part if values[i] is not None] for part in parts]
-        return [float(np.mean(k)) if k else math.nan for k in kept]
+        return [_mean(metrics[i].get(key) for i in part) for part in np.array_split(np.arange(len(metrics)), 3)]
 
     head = ["method"] + [c[1] for c in DYNAMICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -117,9 +117,7 @@ def dynamics_table(runs: list[RunFiles], order: list[str]) -> str:
             continue
         cells = [method]
         for key, _, fmt in DYNAMICS:
-            per_run = np.array([thirds(r.metrics, key) for r in mine])
-            means = [float(np.mean(col[~np.isnan(col)])) if (~np.isnan(col)).any() else math.nan
-                     for col in per_run.T]
+            means = [_mean(col) for col in zip(*(thirds(r.metrics, key) for r in mine))]
             cells.append("–" if all(math.isnan(v) for v in means) else " → ".join(
                 "–" if math.isnan(v) else fmt.format(v) for v in means))
         lines.append("| " + " | ".join(cells) + " |")
@@ -176,10 +174,11 @@ def _faster_claim(rows: list[dict]) -> Claim | None:
                       for m, s in by_seed if m == "attnpo" and ("tlmre", s) in by_seed])
     if len(diffs) == 0:
         return None
-    noise = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
-    return Claim("(ours) AttnPO shortens sooner than the length penalty alone: fewer rollout tokens during training",
-                 f"TLMRE minus AttnPO, mean rollout tokens over training, per seed: "
-                 + ", ".join(f"{d:+.1f}" for d in diffs), _verdict(float(diffs.mean()), noise))
+    claim = "(ours) AttnPO shortens sooner than the length penalty alone: fewer rollout tokens during training"
+    if len(diffs) < 2:
+        return Claim(claim, "needs at least 2 seeds to judge a paired difference", "not measured")
+    return Claim(claim, "TLMRE minus AttnPO, mean rollout tokens over training, per seed: "
+                 + ", ".join(f"{d:+.1f}" for d in diffs), _verdict(float(diffs.mean()), float(diffs.std(ddof=1))))
 
 
 def check_claims(table: list[dict], ablation: dict | None, stability: list[dict],

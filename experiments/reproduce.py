@@ -1,7 +1,7 @@
 """Reproduce the paper's claims on the organism, side by side with the baselines, and write the report.
 
     python experiments/reproduce.py                 # full run: docs/results/ and docs/REPORT.md
-    python experiments/reproduce.py --quick --out runs/reproduce-quick   # every stage, CI-sized
+    python experiments/reproduce.py --quick         # every stage, CI-sized, into runs/reproduce-quick/
 
 Stages, each into the work folder (``runs/reproduce``: traces, scores, checkpoints): (1) KFH
 discovery (SRA heatmap, top heads), (2) step ablation (pass@k after removing high / low / random
@@ -26,6 +26,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,7 @@ from analyses.figures import save_figure
 from analyses.methods import RunFiles, check_claims, curves_figure, dynamics_table, markdown_table, method_table, \
     run_row, tokens_accuracy_figure
 from experiments import ablate_steps, discover_heads, stability
-from workbench.config import load_config
+from workbench.config import Config, load_config
 from workbench.models import load_model
 from workbench.training.loop import train
 from workbench.training.state import list_checkpoints
@@ -67,7 +68,8 @@ QUICK = Budget(seeds=1, steps=2, save_every=1, eval_prompts=16, discover_traces=
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="tables, figures, small files")
+    p.add_argument("--out", type=Path, help="tables, figures, small files (default: docs/results, or "
+                   "runs/reproduce-quick with --quick)")
     p.add_argument("--work", type=Path, default=None,
                    help="traces, scores and checkpoints (default: runs/reproduce, or OUT/work for another --out)")
     p.add_argument("--report", type=Path, default=None, help="report path (default: docs/REPORT.md for the "
@@ -76,10 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--seeds", type=int, help="seeds per method")
     p.add_argument("--steps", type=int, help="RL steps per run")
-    p.add_argument("--jobs", type=int, default=default_jobs(),
+    p.add_argument("--jobs", type=positive_int, default=default_jobs(),
                    help="training runs at once (default: 1 on a GPU, else 2 or the core count if lower)")
     p.add_argument("--fresh", action="store_true", help="delete --out and the work folder first")
     return p.parse_args(argv)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def default_jobs() -> int:
@@ -98,7 +106,23 @@ def budget_from(args: argparse.Namespace) -> Budget:
     return b
 
 
-def run_config(method: str, seed: int, b: Budget, kfh: Path):
+def check_budget(work: Path, b: Budget) -> None:
+    """Refuse to mix budgets: stages already in ``work`` are reused, so they must come from this
+    budget (``jobs`` aside, which changes only the wall clock).  The first call records it."""
+    record = work / "budget.json"
+    wanted = {k: v for k, v in vars(b).items() if k != "jobs"}
+    if not record.exists():
+        record.write_text(json.dumps(wanted, indent=2) + "\n")
+        return
+    found = json.loads(record.read_text())
+    differ = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+    if differ:
+        raise SystemExit(f"{work} holds stages from another budget ("
+                         + ", ".join(f"{k}: {old} there, {new} now" for k, (old, new) in differ.items())
+                         + "); pass --fresh to start over, or --out/--work for a separate folder")
+
+
+def run_config(method: str, seed: int, b: Budget, kfh: Path) -> Config:
     """A method's shipped config with this run's seed and budget (the KFHs from stage 1)."""
     overrides = [f"train.seed={seed}", f"train.steps={b.steps}", f"train.save_every={b.save_every}", f"train.lr={b.lr}",
                  f"eval.n_prompts={b.eval_prompts}", "logging.progress=false"]
@@ -108,56 +132,67 @@ def run_config(method: str, seed: int, b: Budget, kfh: Path):
     return cfg
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy so that ``dst`` is either absent or whole, even if killed mid-copy or raced by another worker."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copy(src, tmp)
+    os.replace(tmp, dst)
+
+
 def _train_one(method: str, seed: int, b: Budget, kfh: Path, run_dir: Path, shared_start: Path,
                threads: int) -> None:
     """One method x seed into ``run_dir`` (resumed from its last checkpoint if it has one); a
-    top-level function so a worker process can run it."""
-    wall_file = run_dir / "wall_clock.json"
-    resume = bool(list_checkpoints(run_dir)) if run_dir.exists() else False
-    if run_dir.exists() and not resume:
+    top-level function so a worker process can run it.  ``wall_clock.json``, written last, marks
+    the run done; for a resumed run it adds the step seconds logged before the checkpoint."""
+    checkpoints = list_checkpoints(run_dir) if run_dir.exists() else []
+    if run_dir.exists() and not checkpoints:
         shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
     run_dir.mkdir(parents=True, exist_ok=True)
+    spent = 0.0
+    if checkpoints:
+        done = int(checkpoints[-1].name.removeprefix("step_"))
+        spent = sum(m["seconds_rollout"] + m["seconds_scoring"] + m["seconds_update"]
+                    for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["step"] <= done)
     if shared_start.exists() and not (run_dir / "eval_start.json").exists():
-        shutil.copy(shared_start, run_dir / "eval_start.json")
-    spent = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else 0.0
+        _copy_atomic(shared_start, run_dir / "eval_start.json")
     print(f"[reproduce] training {method} seed {seed} ({b.steps} steps)", flush=True)
     cfg = run_config(method, seed, b, kfh)
     cfg.train.threads = threads
     t0 = time.time()
-    train(cfg, run_dir, resume=resume)
-    wall_file.write_text(json.dumps({"seconds": spent + time.time() - t0}) + "\n")
-    if not shared_start.exists():  # atomic: two workers may get here at once
-        tmp = shared_start.with_suffix(f".{os.getpid()}.tmp")
-        shutil.copy(run_dir / "eval_start.json", tmp)
-        os.replace(tmp, shared_start)
+    train(cfg, run_dir, resume=bool(checkpoints))
+    if not shared_start.exists():
+        _copy_atomic(run_dir / "eval_start.json", shared_start)
+    (run_dir / "wall_clock.json").write_text(json.dumps({"seconds": spent + time.time() - t0,
+                                                         "resumed_at_step": done if checkpoints else None}) + "\n")
     print(f"[reproduce] finished {method} seed {seed} in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 
-def train_runs(out: Path, b: Budget, methods: list[str], kfh: Path, jobs: int) -> list[RunFiles]:
-    """Stage 3: every method x seed, ``jobs`` at a time (each in its own process with its share
-    of the CPU threads); a finished run is read back, a killed one resumed."""
-    shared_start = out / "runs" / "eval_start.json"
+def train_runs(work: Path, b: Budget, methods: list[str], kfh: Path, on_done: Callable[[], None]) -> list[RunFiles]:
+    """Stage 3: every method x seed, ``b.jobs`` at a time (each in its own process with its share
+    of the CPU threads); a finished run is read back, a killed one resumed.  ``on_done`` is called
+    after each run, so the stage's time is kept even if a later run is killed."""
+    shared_start = work / "runs" / "eval_start.json"
     shared_start.parent.mkdir(parents=True, exist_ok=True)
-    order = [(method, seed) for seed in range(b.seeds) for method in methods]
-    todo = [(m, s) for m, s in order if not (out / "runs" / f"{m}-seed{s}" / "eval_final.json").exists()]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    if jobs == 1:
+    run_dirs = {(m, s): work / "runs" / f"{m}-seed{s}" for s in range(b.seeds) for m in methods}
+    todo = [key for key, d in run_dirs.items() if not (d / "wall_clock.json").exists()]
+    threads = max(1, (os.cpu_count() or 1) // b.jobs)
+    if b.jobs == 1:
         for m, s in todo:
-            _train_one(m, s, b, kfh, out / "runs" / f"{m}-seed{s}", shared_start, threads)
+            _train_one(m, s, b, kfh, run_dirs[m, s], shared_start, threads)
+            on_done()
     elif todo:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_one, m, s, b, kfh, out / "runs" / f"{m}-seed{s}", shared_start, threads)
-                       for m, s in todo]
+        with ProcessPoolExecutor(b.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_one, m, s, b, kfh, run_dirs[m, s], shared_start, threads) for m, s in todo]
             for future in as_completed(futures):
-                future.result()  # a failed run stops the stage with its error
-    runs = []
-    for method, seed in order:
-        run_dir = out / "runs" / f"{method}-seed{seed}"
-        runs.append(RunFiles(method, seed, json.loads((run_dir / "eval_start.json").read_text()),
-                             json.loads((run_dir / "eval_final.json").read_text()),
-                             [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
-                             json.loads((run_dir / "wall_clock.json").read_text())["seconds"]))
-    return runs
+                if future.exception() is not None:  # stop at the first failed run, with its error
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise future.exception()
+                on_done()
+    return [RunFiles(m, s, json.loads((d / "eval_start.json").read_text()),
+                     json.loads((d / "eval_final.json").read_text()),
+                     [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()],
+                     json.loads((d / "wall_clock.json").read_text())["seconds"])
+            for (m, s), d in run_dirs.items()]
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval_start.json", "eval_final.json", "wall_clock.json")
@@ -189,7 +224,8 @@ def publish(work: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    b, out = budget_from(args), args.out.resolve()
+    b = budget_from(args)
+    out = (args.out or ROOT / ("runs/reproduce-quick" if args.quick else "docs/results")).resolve()
     default_out = out == ROOT / "docs" / "results"
     report = args.report or (ROOT / "docs" / "REPORT.md" if default_out else out / "REPORT.md")
     work = args.work or (ROOT / "runs" / "reproduce" if default_out else out / "work")
@@ -197,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         for folder in (work, out):
             shutil.rmtree(folder, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    check_budget(work, b)
     timings_file = work / "timings.json"  # seconds each stage took, summed over resumed invocations
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
 
@@ -223,9 +260,13 @@ def main(argv: list[str] | None = None) -> dict:
         timed("ablation", t0)
 
     print("[reproduce] 3/5 training", flush=True)
-    t0 = time.time()
-    runs = train_runs(work, b, args.methods, kfh, b.jobs)
-    timed("training", t0)
+    last = [time.time()]
+
+    def run_done() -> None:
+        timed("training", last[0])
+        last[0] = time.time()
+
+    runs = train_runs(work, b, args.methods, kfh, run_done)
 
     print("[reproduce] 4/5 KFH stability", flush=True)
     stabilities = []
@@ -255,10 +296,10 @@ def main(argv: list[str] | None = None) -> dict:
     ablation = json.loads(ablation_file.read_text())
     claims = check_claims(table, ablation, stabilities, rows)
     timed("report", t0)
+    discovery = json.loads((work / "discover" / "baselines.json").read_text())
     summary = {"budget": vars(b), "minutes": round(sum(timings.values()) / 60, 1),
                "stage_minutes": {k: round(v / 60, 1) for k, v in timings.items()},
-               "baselines": json.loads((work / "discover" / "baselines.json").read_text())["baselines"],
-               "discovery": json.loads((work / "discover" / "baselines.json").read_text())["held_out"],
+               "baselines": discovery["baselines"], "discovery": discovery["held_out"],
                "kfh": json.loads(kfh.read_text()), "ablation": ablation, "methods": table,
                "claims": [vars(c) for c in claims]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
@@ -292,7 +333,9 @@ def render_report(summary: dict, table: list[dict], claims, dynamics: str, out: 
         *[f"| {c.claim} | {c.measured} | **{c.verdict}** |" for c in claims],
         "",
         "A difference between two methods counts only when it exceeds the pooled standard deviation over seeds "
-        "of the two rows; otherwise the verdict is *within noise*.",
+        "of the two rows; otherwise the verdict is *within noise*. The *(ours)* claim compares runs paired by seed "
+        "(a seed draws the same prompts in every method) and counts when the mean paired difference exceeds the "
+        "std of the differences.",
         "",
         "## Methods",
         "",

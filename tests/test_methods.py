@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -67,9 +68,9 @@ def test_claims_follow_the_numbers():
     # AttnPO is longer than TLMRE here, so it has no shortening of its own for Pos-Adv to account for
     assert verdicts == ["does not hold", "not testable"] + ["does not hold"] * 4, verdicts
 
-    weak_pos = table_of({"tlmre": (80, 0.85), "attnpo_pos": (75, 0.88), "attnpo": (40, 0.92)})
+    weak_pos = table_of({"tlmre": (80, 0.85), "attnpo_pos": (70, 0.88), "attnpo": (40, 0.92)})
     (pos,) = [c for c in check_claims(weak_pos, None, []) if c.claim.startswith("Pos-Adv alone")]
-    assert pos.verdict == "does not hold" and "12%" in pos.measured  # 5 of AttnPO's 40 extra points
+    assert pos.verdict == "does not hold" and "25%" in pos.measured  # 10 of AttnPO's 40 extra points
 
 
 def test_a_difference_inside_the_seed_spread_is_within_noise():
@@ -97,6 +98,10 @@ def test_sooner_shortening_is_judged_on_differences_paired_by_seed():
                  if c.claim.startswith("(ours)")]
     assert sooner.verdict == "within noise"
     assert not [c for c in check_claims(table, None, []) if c.claim.startswith("(ours)")], "needs the rows"
+    one_seed = [rows[0], rows[3]]
+    (sooner,) = [c for c in check_claims(method_table(one_seed, ["tlmre", "attnpo"]), None, [], one_seed)
+                 if c.claim.startswith("(ours)")]
+    assert sooner.verdict == "not measured"
 
 
 def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
@@ -106,7 +111,6 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     # two runs side by side in worker processes, as the full run does on a CPU
     summary = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2",
                               "--jobs", "2"])
-    assert summary["budget"]["jobs"] == 2
     assert [e["method"] for e in summary["methods"]] == ["tlmre", "attnpo"]
     assert all(e["seeds"] == 1 and e["tokens"] > 0 for e in summary["methods"])
     report = (out / "REPORT.md").read_text()
@@ -121,6 +125,20 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     # the start evaluation is the same for every run (same model, prompts, sampling seed): identical files
     starts = {(out / "runs" / r / "eval_start.json").read_text() for r in ("tlmre-seed0", "attnpo-seed0")}
     assert len(starts) == 1
+    assert all((out / "runs" / r / "wall_clock.json").exists() for r in ("tlmre-seed0", "attnpo-seed0"))
+    # a run killed after its step-1 checkpoint is resumed there, and only it is trained again
+    killed = out / "work" / "runs" / "attnpo-seed0"
+    shutil.rmtree(killed / "checkpoints" / "step_2")
+    for name in ("eval_final.json", "wall_clock.json"):
+        (killed / name).unlink()
+    kept = (out / "work" / "runs" / "tlmre-seed0" / "wall_clock.json").read_text()
+    summary = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2"])
+    assert json.loads((killed / "wall_clock.json").read_text())["resumed_at_step"] == 1
+    assert [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (out / "work" / "runs" / "tlmre-seed0" / "wall_clock.json").read_text() == kept
+    # stages in the work folder are reused only under the budget that made them
+    with pytest.raises(SystemExit, match="steps: 2 there, 3 now"):
+        reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "3"])
     # a second call finds every stage done and only rewrites the report from the same files
     again = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2"])
     assert json.dumps(again["methods"]) == json.dumps(summary["methods"])  # NaN-safe comparison
