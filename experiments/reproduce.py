@@ -26,8 +26,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -39,7 +39,8 @@ from experiments import ablate_steps, discover_heads, stability
 from workbench.config import Config, load_config
 from workbench.models import load_model
 from workbench.training.loop import train
-from workbench.training.state import list_checkpoints
+from workbench.traces import jsonl_rows
+from workbench.training.state import list_checkpoints, truncate_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "organism"
@@ -132,11 +133,11 @@ def run_config(method: str, seed: int, b: Budget, kfh: Path) -> Config:
     return cfg
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy so that ``dst`` is either absent or whole, even if killed mid-copy or raced by another worker."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copy(src, tmp)
-    os.replace(tmp, dst)
+def _write_atomic(path: Path, text: str) -> None:
+    """Write so that ``path`` is either absent or whole, even if killed mid-write or raced by another worker."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _train_one(method: str, seed: int, b: Budget, kfh: Path, run_dir: Path, shared_start: Path,
@@ -148,22 +149,23 @@ def _train_one(method: str, seed: int, b: Budget, kfh: Path, run_dir: Path, shar
     if run_dir.exists() and not checkpoints:
         shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
     run_dir.mkdir(parents=True, exist_ok=True)
-    spent = 0.0
-    if checkpoints:
+    spent, done = 0.0, None
+    if checkpoints:  # the steps up to the last checkpoint are kept (a torn last line is dropped)
         done = int(checkpoints[-1].name.removeprefix("step_"))
+        truncate_metrics(run_dir / "metrics.jsonl", done)
         spent = sum(m["seconds_rollout"] + m["seconds_scoring"] + m["seconds_update"]
-                    for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["step"] <= done)
+                    for _, m in jsonl_rows(run_dir / "metrics.jsonl"))
     if shared_start.exists() and not (run_dir / "eval_start.json").exists():
-        _copy_atomic(shared_start, run_dir / "eval_start.json")
+        _write_atomic(run_dir / "eval_start.json", shared_start.read_text())
     print(f"[reproduce] training {method} seed {seed} ({b.steps} steps)", flush=True)
     cfg = run_config(method, seed, b, kfh)
     cfg.train.threads = threads
     t0 = time.time()
     train(cfg, run_dir, resume=bool(checkpoints))
     if not shared_start.exists():
-        _copy_atomic(run_dir / "eval_start.json", shared_start)
-    (run_dir / "wall_clock.json").write_text(json.dumps({"seconds": spent + time.time() - t0,
-                                                         "resumed_at_step": done if checkpoints else None}) + "\n")
+        _write_atomic(shared_start, (run_dir / "eval_start.json").read_text())
+    _write_atomic(run_dir / "wall_clock.json", json.dumps({"seconds": spent + time.time() - t0,
+                                                          "resumed_at_step": done}) + "\n")
     print(f"[reproduce] finished {method} seed {seed} in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 
@@ -190,7 +192,7 @@ def train_runs(work: Path, b: Budget, methods: list[str], kfh: Path, on_done: Ca
                 on_done()
     return [RunFiles(m, s, json.loads((d / "eval_start.json").read_text()),
                      json.loads((d / "eval_final.json").read_text()),
-                     [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()],
+                     [row for _, row in jsonl_rows(d / "metrics.jsonl")],
                      json.loads((d / "wall_clock.json").read_text())["seconds"])
             for (m, s), d in run_dirs.items()]
 

@@ -131,6 +131,8 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     shutil.rmtree(killed / "checkpoints" / "step_2")
     for name in ("eval_final.json", "wall_clock.json"):
         (killed / name).unlink()
+    with open(killed / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "accur')  # killed while writing a metrics line
     kept = (out / "work" / "runs" / "tlmre-seed0" / "wall_clock.json").read_text()
     summary = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2"])
     assert json.loads((killed / "wall_clock.json").read_text())["resumed_at_step"] == 1
