@@ -1,6 +1,6 @@
 """Reproduce the paper's claims on the organism, side by side with the baselines, and write the report.
 
-    python experiments/reproduce.py                 # full run: docs/results/ and docs/REPORT.md
+    python experiments/reproduce.py                 # full run: docs/results/organism/ and docs/REPORT.md
     python experiments/reproduce.py --quick         # every stage, CI-sized, into runs/reproduce-quick/
 
 Stages, each into the work folder (``runs/reproduce``: traces, scores, checkpoints): (1) KFH
@@ -69,7 +69,7 @@ QUICK = Budget(seeds=1, steps=2, save_every=1, eval_prompts=16, discover_traces=
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, help="tables, figures, small files (default: docs/results, or "
+    p.add_argument("--out", type=Path, help="tables, figures, small files (default: docs/results/organism, or "
                    "runs/reproduce-quick with --quick)")
     p.add_argument("--work", type=Path, default=None,
                    help="traces, scores and checkpoints (default: runs/reproduce, or OUT/work for another --out)")
@@ -227,10 +227,10 @@ def publish(work: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     b = budget_from(args)
-    out = (args.out or ROOT / ("runs/reproduce-quick" if args.quick else "docs/results")).resolve()
-    default_out = out == ROOT / "docs" / "results"
+    out = (args.out or ROOT / ("runs/reproduce-quick" if args.quick else "docs/results/organism")).resolve()
+    default_out = out == ROOT / "docs" / "results" / "organism"
     report = args.report or (ROOT / "docs" / "REPORT.md" if default_out else out / "REPORT.md")
-    work = args.work or (ROOT / "runs" / "reproduce" if default_out else out / "work")
+    work = args.work or (ROOT / "runs" / "reproduce" / "organism" if default_out else out / "work")
     if args.fresh:
         for folder in (work, out):
             shutil.rmtree(folder, ignore_errors=True)
