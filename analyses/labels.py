@@ -25,8 +25,7 @@ from tqdm.auto import tqdm
 
 from workbench.generation import left_pad
 from workbench.models import LoadedModel
-from workbench.organism import task
-from workbench.traces import TraceRecord, jsonl_rows
+from workbench.traces import TraceRecord, jsonl_rows, require_organism
 
 CRITICAL, REDUNDANT = "critical", "redundant"
 Labels = list[list[str | None]]
@@ -43,7 +42,9 @@ def label_codes(labels: list[str | None]) -> np.ndarray:
     return np.array([1 if x == CRITICAL else 0 if x == REDUNDANT else -1 for x in labels], dtype=np.int8)
 
 
-def organism_labels(records: list[TraceRecord]) -> Labels:
+def organism_labels(records: list[TraceRecord], tokenizer) -> Labels:
+    """Ground truth by the labeller of the organism ``tokenizer`` speaks."""
+    task = require_organism(tokenizer, "--labels organism").task
     out = []
     for r in records:
         try:
@@ -190,7 +191,9 @@ def get_labels(spec: str, records: list[TraceRecord], loaded: LoadedModel | None
                progress: bool = True) -> Labels:
     """Labels of every step of every record from the source ``spec`` names (see module doc)."""
     if spec == "organism":
-        return organism_labels(records)
+        if loaded is None:
+            raise ValueError("organism labels need the model (its tokenizer names the organism)")
+        return organism_labels(records, loaded.tokenizer)
     if spec.startswith("file:"):
         return file_labels(spec[5:], records)
     if spec == "chunks":

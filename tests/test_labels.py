@@ -24,7 +24,7 @@ def refs() -> list[TraceRecord]:
 
 
 def test_organism_labels_match_the_generator(refs):
-    labels = organism_labels(refs)
+    labels = organism_labels(refs, build_tokenizer())
     for r, lab in zip(refs, labels):
         assert lab == r.meta["labels"]  # the task's own label of every step
         assert lab[0] == "plan" and "critical" in lab
@@ -34,11 +34,11 @@ def test_organism_labels_match_the_generator(refs):
 def test_organism_labels_need_organism_prompts(refs):
     bad = TraceRecord("x", "what is this", refs[0].response, [], [], refs[0].seg)
     with pytest.raises(ValueError, match="trace 'x'"):
-        organism_labels([bad])
+        organism_labels([bad], build_tokenizer())
 
 
 def test_labels_file_round_trip(refs, tmp_path):
-    labels = organism_labels(refs)
+    labels = organism_labels(refs, build_tokenizer())
     path = write_labels(tmp_path / "labels.jsonl", refs, labels)
     back = file_labels(path, refs)
     # the plan is not written, so it comes back unlabelled; everything else is identical

@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from workbench.organism import CHECKPOINT_DIR
+from workbench.organism import ORGANISMS
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ALIASES = ("organism", "smollm2")
 
 
 @dataclass
@@ -97,7 +96,8 @@ def load_model(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load ``"organism"``, ``"smollm2"``, a local HF folder, a ``.gguf`` file or a hub id.
+    """Load an organism (``"organism"``, ``"organism-hard"``), ``"smollm2"``, a local HF folder, a
+    ``.gguf`` file or a hub id.
 
     The model is put in eval mode on ``device`` (default: the best one).  ``attn_implementation``
     stays ``"sdpa"`` for speed; the tracer captures attention without eager attention.
@@ -122,7 +122,7 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except OSError as e:
             raise FileNotFoundError(
-                f"cannot load model {spec!r}: not 'organism' or 'smollm2', not a local folder with "
+                f"cannot load model {spec!r}: not an organism or 'smollm2', not a local folder with "
                 f"config.json, not a .gguf file, and not in the local Hugging Face cache ({e})"
             ) from e
     if tokenizer.pad_token is None:
@@ -134,13 +134,14 @@ def load_model(
 def _resolve(spec: str | Path) -> tuple[str, str | None, str]:
     """(folder or hub id, gguf file name or None, display name) for a model spec."""
     text = str(spec)
-    if text == "organism":
-        if not (CHECKPOINT_DIR / "config.json").exists():
+    if text in ORGANISMS:
+        checkpoint = ORGANISMS[text].checkpoint
+        if not (checkpoint / "config.json").exists():
             raise FileNotFoundError(
-                f"the organism checkpoint is missing from {CHECKPOINT_DIR}; rebuild it with "
-                "`python -m workbench.organism train`"
+                f"the {text} checkpoint is missing from {checkpoint}; rebuild it with "
+                f"`python -m workbench.organism train --organism {text}`"
             )
-        return str(CHECKPOINT_DIR), None, "organism"
+        return str(checkpoint), None, text
     if text == "smollm2":
         path = smollm2_gguf_path()
         return str(path.parent), path.name, "smollm2"
@@ -157,5 +158,6 @@ def _resolve(spec: str | Path) -> tuple[str, str | None, str]:
     if text.count("/") == 1 and not text.startswith((".", "/")):
         return text, None, text  # a hub id: works when it is in the local cache or online
     raise FileNotFoundError(
-        f"unknown model {text!r}: use 'organism', 'smollm2', a local HF folder, a .gguf file or a hub id"
+        f"unknown model {text!r}: use {', '.join(map(repr, ORGANISMS))}, 'smollm2', a local HF folder, a .gguf "
+        "file or a hub id"
     )

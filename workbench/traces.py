@@ -30,8 +30,7 @@ from tqdm.auto import tqdm
 
 from workbench.generation import encode_prompts, sample
 from workbench.models import LoadedModel
-from workbench.organism import task
-from workbench.organism.tokenizer import vocabulary
+from workbench.organism import Organism, organism_of
 from workbench.steps import PRESETS, Segmentation, segment_ids
 from workbench.tracing import TraceItem
 from workbench.verifiers import Verifier, get_verifier, grade_math
@@ -80,9 +79,18 @@ class TraceRecord:
 
 
 def is_organism(loaded: LoadedModel) -> bool:
-    """Does the model speak the organism's task (its word-level vocabulary)?  True for the shipped
-    organism and for every checkpoint trained from it, whatever folder it was loaded from."""
-    return loaded.tokenizer.get_vocab() == {w: i for i, w in enumerate(vocabulary())}
+    """Does the model speak an organism's task (its word-level vocabulary)?  True for the shipped
+    organisms and for every checkpoint trained from them, whatever folder it was loaded from."""
+    return organism_of(loaded.tokenizer) is not None
+
+
+def require_organism(tokenizer, what: str) -> Organism:
+    """The organism ``tokenizer`` speaks, or a ValueError saying that ``what`` needs one."""
+    org = organism_of(tokenizer)
+    if org is None:
+        raise ValueError(f"{what} needs an organism model (its word-level tokenizer); for any other model "
+                         "give a trace or prompt file with --traces FILE")
+    return org
 
 
 def default_preset(loaded: LoadedModel) -> str:
@@ -124,45 +132,49 @@ def sample_organism(loaded: LoadedModel, n: int, seed: int = 0, temperature: flo
 
     Gives up (RuntimeError with the reasons) after 20 n + 100 samples.
     """
+    org = require_organism(loaded.tokenizer, "sampling organism traces")
     rng = random.Random(seed)
     torch.manual_seed(seed)
     tok = loaded.tokenizer
     records: list[TraceRecord] = []
     reasons: Counter = Counter()
-    bar = tqdm(total=n, desc="sampling organism traces", disable=not progress)
+    bar = tqdm(total=n, desc=f"sampling {org.name} traces", disable=not progress)
     tries = 0
     while len(records) < n and tries < 20 * n + 100:
-        problems = [task.sample_problem(rng) for _ in range(min(batch_size, 2 * (n - len(records)) + 4))]
+        problems = [org.task.sample_problem(rng) for _ in range(min(batch_size, 2 * (n - len(records)) + 4))]
         tries += len(problems)
         prompts = [p.prompt() for p in problems]
         out = sample(loaded.model, tok, encode_prompts(tok, prompts), max_new_tokens=max_new_tokens,
                      temperature=temperature, batch_size=batch_size)
         for p, prompt, pids, rids, text in zip(problems, prompts, out.prompt_ids, out.response_ids, out.texts):
             seg = _segment(tok, rids, "organism")
-            correct = task.verify(p, text)
+            correct = org.task.verify(p, text)
             if not seg.ok or (correct_only and not correct):
                 reasons[seg.reason if not seg.ok else "wrong answer"] += 1
                 continue
             if len(records) < n:
-                records.append(TraceRecord(f"organism-{seed}-{len(records)}", prompt, text, pids, rids, seg,
+                records.append(TraceRecord(f"{org.name}-{seed}-{len(records)}", prompt, text, pids, rids, seg,
                                            str(p.answer), correct))
                 bar.update(1)
     bar.close()
     _warn_dropped("organism sampler", reasons)
     if len(records) < n:
-        raise RuntimeError(f"the organism sampler kept only {len(records)} of {n} traces after {tries} samples "
+        raise RuntimeError(f"the {org.name} sampler kept only {len(records)} of {n} traces after {tries} samples "
                            f"({dict(reasons)}); is the checkpoint trained?")
     return records
 
 
 def reference_organism(tokenizer, n: int, seed: int = 0) -> list[TraceRecord]:
     """``n`` of the task's own reference traces (all correct), teacher-forced: gold traces for any
-    model with the organism's tokenizer, e.g. an untrained one."""
+    model with an organism's tokenizer, e.g. an untrained one."""
+    org = require_organism(tokenizer, "organism:reference traces")
     rng = random.Random(seed)
     tok = tokenizer
     records = []
     for i in range(n):
-        t = task.sample_trace(rng)
+        t = org.task.sample_trace(rng)
+        while not org.task.verify(t.problem, t.response):  # an organism whose traces can slip: redraw
+            t = org.task.sample_trace(rng)
         response_ids = tok(t.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         seg = _segment(tok, response_ids, "organism")
         if not seg.ok:
@@ -211,13 +223,14 @@ def _text_field(path: Path, row: dict, i: int, name: str) -> str:
     return value
 
 
-def _correctness(row: dict, prompt: str, response: str, answer: str | None, organism: bool) -> bool | None:
+def _correctness(row: dict, prompt: str, response: str, answer: str | None, organism: Organism | None
+                 ) -> bool | None:
     for key in ("correct", "is_correct"):
         if row.get(key) is not None:
             return bool(row[key])
-    if organism:
+    if organism is not None:
         try:
-            return task.verify(task.parse_prompt(prompt), response)
+            return organism.task.verify(organism.task.parse_prompt(prompt), response)
         except (ValueError, KeyError):
             return None
     return grade_math(prompt, response, answer) if answer is not None else None
@@ -231,7 +244,7 @@ def read_traces(path: str | Path, loaded: LoadedModel, preset: str | None = None
     if not path.is_file():
         raise FileNotFoundError(f"trace file {path} does not exist")
     preset = preset or default_preset(loaded)
-    tok, organism = loaded.tokenizer, is_organism(loaded)
+    tok, organism = loaded.tokenizer, organism_of(loaded.tokenizer)
     records, reasons, seen = [], Counter(), set()
     for i, row in enumerate(_read_rows(path)):
         if n is not None and len(records) >= n:
@@ -292,7 +305,7 @@ def generate_traces(loaded: LoadedModel, path: str | Path, n: int, preset: str |
         raise ValueError(f"prompt file {path} holds no prompts")
     preset = preset or default_preset(loaded)
     torch.manual_seed(seed)
-    tok, organism = loaded.tokenizer, is_organism(loaded)
+    tok, organism = loaded.tokenizer, organism_of(loaded.tokenizer)
     records, reasons, tries = [], Counter(), 0
     bar = tqdm(total=n, desc="generating traces", disable=not progress)
     while len(records) < n and tries < 10 * n + len(rows):
