@@ -11,7 +11,7 @@ os.environ.setdefault("KFH_PNG", "0")  # HTML figures only: kaleido's browser ca
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))  # OMP_NUM_THREADS=1 beside other jobs
 
 
 @pytest.fixture(scope="session")
