@@ -13,7 +13,8 @@ from workbench.tracing.items import check_item
 
 def test_dispatcher_finds_the_tracing_subcommand():
     assert "tracing" in subcommands()
-    done = subprocess.run([sys.executable, "-m", "workbench.bench", "no-such-bench"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "workbench.bench", "no-such-bench"], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2 and "tracing" in done.stderr
 
 

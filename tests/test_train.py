@@ -226,7 +226,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not (killed / "checkpoints" / "step_3").exists()
 
     subprocess.run(_cli(killed, "--resume"), check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)

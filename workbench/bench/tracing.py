@@ -209,7 +209,7 @@ def run_worker(spec: dict, timeout: float) -> list[dict]:
         problem = None if proc.returncode == 0 else f"worker exited with code {proc.returncode}"
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        out, err = proc.communicate(timeout=60)  # a killed worker's pipes close at once
         problem = f"timed out after {timeout:.0f} s"
     rows = [json.loads(line[len(MARK):]) for line in out.splitlines() if line.startswith(MARK)]
     done = {r["seq_len"] for r in rows}
