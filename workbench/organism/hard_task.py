@@ -150,12 +150,13 @@ def sample_trace(rng: random.Random, problem: Problem | None = None, params: Tas
 
 def _computation(words: list[str]) -> tuple[str, int, int, bool] | None:
     """(variable, operand value, result, merged?) of a computation's words after its opener, e.g.
-    ``a =c+3 , c =4 , a =7 .``; None for any other text."""
+    ``a =c+3 , c =4 , a =7 .`` (words a sampled step adds after its ``.`` are ignored); None for any
+    other text."""
     if len(words) < 2 or not is_ref_word(words[1]):
         return None
     merged = len(words) > 2 and is_op_word(words[2])
     rest = words[3:] if merged else words[2:]
-    if len(rest) != 7 or rest[0] != "," or rest[3] != "," or rest[4] != words[0]:
+    if len(rest) < 7 or rest[0] != "," or rest[3] != "," or rest[4] != words[0] or rest[6] != ".":
         return None
     try:
         return words[0], int(rest[2][1:]), int(rest[5][1:]), merged
