@@ -103,7 +103,7 @@ class EvalConfig:
     temperature: float = 0.6
     top_p: float = 0.95
     max_new_tokens: int = 320
-    seed: int = 12345  # held-out organism problems and the sampling seed (same at start and end)
+    seed: int = 12345  # held-out prompts (organism problems; jsonl split and choice) and the sampling seed
 
 
 @dataclass

@@ -149,7 +149,8 @@ def compute_advantages(method: str | Method, correct: torch.Tensor, lengths: tor
     for name, value in (("steps", steps), ("answer_len", answer_len), ("total_len", total_len)):
         if len(value) != n:
             raise ValueError(f"{name} has {len(value)} entries for {n} responses")
-    width = width if width is not None else max(int(lengths.max()), 1) if n else 1
+    if width is None:
+        width = max(int(lengths.max()), 1) if n else 1
     padded, mask = _pad_scores(steps, scores, wanted=m.scores is not None)
     rewards = length_penalised_reward(correct, lengths, params.alpha if m.length_penalty else 0.0)
     inputs = AdvantageInputs(rewards, correct.bool(), lengths, steps, padded, mask, answer_len, total_len, step, width)
