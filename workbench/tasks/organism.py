@@ -20,6 +20,8 @@ REFERENCE_TRIES = 1000
 
 
 class OrganismTask(Task):
+    """The task of one registered organism, for a model that speaks its vocabulary."""
+
     segmenter = "organism"
 
     def __init__(self, organism: Organism, tokenizer):
