@@ -17,10 +17,10 @@ from analyses.stability import checkpoint_summary, compare, stability_figure
 from app_pages.data import cache_dir, list_runs, run_records
 from app_pages.export import figure_downloads
 from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, show_run_file, workspace
-from experiments.stability import supervised_finetune
 from workbench.heads import head_name
 from workbench.models import load_model
 from workbench.tracing import ScoreCache, trace_step_scores
+from workbench.training.sft import supervised_finetune
 from workbench.training.state import list_checkpoints
 
 MEASURES = ("pearson_sra", "spearman_sra", "pearson_step_scores", "topn_overlap")

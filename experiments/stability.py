@@ -25,12 +25,12 @@ from analyses.figures import save_figure
 from analyses.labels import get_labels, label_codes
 from analyses.sra import sra, top_heads
 from analyses.stability import checkpoint_summary, compare, stability_figure
-from workbench.checkpoints import save_hf_atomic
 from workbench.heads import head_name
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel, load_model
-from workbench.traces import TraceRecord, add_trace_arguments, is_organism, traces_from_args
+from workbench.traces import add_trace_arguments, is_organism, traces_from_args
 from workbench.tracing import trace_step_scores
+from workbench.training.sft import supervised_finetune
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,36 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="tracing batch size")
     return p.parse_args(argv)
-
-
-def supervised_finetune(loaded: LoadedModel, records: list[TraceRecord], steps: int, lr: float, out: Path,
-                        batch_size: int = 4) -> Path:
-    """A copy of the model trained ``steps`` steps on the trace set's responses, saved to ``out``.
-
-    The loaded model itself is restored afterwards: it stays the reference checkpoint.
-    """
-    model, pad = loaded.model, loaded.tokenizer.pad_token_id
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for step in range(steps):
-        batch = [records[(step * batch_size + j) % len(records)] for j in range(batch_size)]
-        width = max(len(r.input_ids) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        for b, r in enumerate(batch):
-            ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            labels[b, len(r.prompt_ids) : len(r.input_ids)] = torch.tensor(r.response_ids)
-        mask = torch.arange(width) < torch.tensor([len(r.input_ids) for r in batch])[:, None]
-        loss = model(input_ids=ids.to(loaded.device), attention_mask=mask.long().to(loaded.device),
-                     labels=labels.to(loaded.device)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    save_hf_atomic(model, loaded.tokenizer, out)
-    model.load_state_dict(state)
-    return out
 
 
 def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> dict:

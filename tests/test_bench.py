@@ -46,3 +46,15 @@ def test_a_failing_worker_becomes_error_rows():
     rows = run_worker(spec, timeout=300)
     assert rows[0]["seq_len"] == 256 and "no-such-model" in rows[0]["error"]
     assert rows[1]["seq_len"] == 512 and rows[1]["skipped"] == "failed at 256"
+
+
+def test_logprob_quick_json_compares_the_two_passes():
+    assert "logprob" in subcommands()
+    cmd = [sys.executable, "-m", "workbench.bench", "logprob", "--quick", "--json", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["model"] == "organism" and [r["seq_len"] for r in result["rows"]] == [256, 512]
+    for r in result["rows"]:
+        assert r["peak_mb_full"] > 0 and r["peak_mb"] > 0 and r["seconds_full"] > 0 and r["seconds"] > 0
+        assert r["max_abs_diff"] < 1e-5  # the lean pass gives the same log-probs
