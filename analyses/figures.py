@@ -49,7 +49,9 @@ def save_figure(fig: go.Figure, out_dir: str | Path, name: str) -> list[Path]:
     if png_enabled():
         try:
             _start_png_server()
-            fig.write_image(out_dir / f"{name}.png", width=900, height=600)
+            with warnings.catch_warnings():  # plotly always passes kopts, which the shared server ignores by design
+                warnings.filterwarnings("ignore", message="The kopts argument is ignored", category=UserWarning)
+                fig.write_image(out_dir / f"{name}.png", width=900, height=600)
             written.append(out_dir / f"{name}.png")
         except Exception as e:  # kaleido reports a missing browser with several exception types
             if "chrom" not in str(e).lower() and "browser" not in str(e).lower():

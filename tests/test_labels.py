@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,9 @@ from analyses.labels import (answer_logprobs, chunk_labels, counterfactual_drops
                              label_codes, organism_labels, threshold_labels, write_labels)
 from workbench.organism.tokenizer import build_tokenizer
 from workbench.steps import segment_text
-from workbench.traces import TraceRecord, reference_organism
+from workbench.traces import TraceRecord, bundled_r1_traces, reference_organism
 
-R1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "r1-traces" / "deepseek-r1-distill-llama-8b.jsonl"
+R1 = bundled_r1_traces()  # beside the repository, or $KFH_R1_TRACES
 
 
 @pytest.fixture(scope="module")
