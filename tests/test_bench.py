@@ -45,3 +45,15 @@ def test_a_failing_worker_becomes_error_rows():
     rows = run_worker(spec, timeout=300)
     assert rows[0]["seq_len"] == 256 and "no-such-model" in rows[0]["error"]
     assert rows[1]["seq_len"] == 512 and rows[1]["skipped"] == "failed at 256"
+
+
+def test_dtype_bench_compares_each_dtype_with_float32():
+    cmd = [sys.executable, "-m", "workbench.bench", "dtype", "--model", "organism", "--n-traces", "4", "--repeats", "1",
+           "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["dtype"]: r for r in json.loads(done.stdout)["rows"]}
+    assert sorted(rows) == ["bfloat16", "float32"]
+    assert rows["float32"]["max_abs_score_diff"] == 0 and rows["float32"]["max_abs_sra_diff"] == 0
+    assert rows["bfloat16"]["memory_vs_float32"] == 0.5 and rows["bfloat16"]["tokens"] == rows["float32"]["tokens"]
+    assert 0 < rows["bfloat16"]["max_abs_score_diff"] < 0.1 and rows["bfloat16"]["score_spearman"] > 0.9
