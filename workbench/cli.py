@@ -34,7 +34,7 @@ def run_command(main: Callable[[list[str]], object], argv: list[str] | None = No
         print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; run the same command again to resume (finished traces are cached)",
-              file=sys.stderr)
+        print(f"\n{prog}: interrupted; run the same command again to resume from the traces it finished "
+              "(kept in OUT/cache unless --no-cache)", file=sys.stderr)
         return 130
     return 0

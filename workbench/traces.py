@@ -43,6 +43,7 @@ from workbench.verifiers import Verifier, get_verifier, grade_math
 REPO_ROOT = Path(__file__).resolve().parents[1]
 R1_TRACES_ENV = "KFH_R1_TRACES"
 R1_TRACES_FILE = "deepseek-r1-distill-llama-8b.jsonl"
+ORGANISM_SOURCES = ("organism", "organism:reference")
 FILE_SUFFIXES = (".jsonl", ".parquet")
 WRITTEN_FIELDS = ("trace_id", "prompt", "response", "step_texts", "labels", "steps", "answer_span", "prompt_ids",
                   "response_ids", "answer", "correct")  # what `write_traces` writes
@@ -449,12 +450,11 @@ def check_trace_arguments(args: argparse.Namespace, model: str | Path) -> None:
     if args.traces is None:
         if not maybe_organism and not bundled_r1_traces().is_file():
             raise _needs_traces(str(model))
-    elif args.traces in ("organism", "organism:reference"):
-        if not maybe_organism:
-            raise ValueError(f"--traces {args.traces} needs an organism model, not {str(model)!r}; give a trace "
-                             "or prompt file with --traces FILE" + ("" if not bundled_r1_traces().is_file() else
-                                                                    " (or leave --traces out: the bundled R1 traces)"))
-    elif not Path(args.traces).is_file():
+    elif args.traces in ORGANISM_SOURCES and not maybe_organism:
+        hint = " (or leave --traces out: the bundled R1 traces)" if bundled_r1_traces().is_file() else ""
+        raise ValueError(f"--traces {args.traces} needs an organism model, not {str(model)!r}; give a trace or "
+                         f"prompt file with --traces FILE{hint}")
+    elif args.traces not in ORGANISM_SOURCES and not Path(args.traces).is_file():
         raise FileNotFoundError(f"trace source {args.traces!r} is neither 'organism' nor an existing file")
 
 
