@@ -23,9 +23,10 @@ from workbench.organism import ORGANISMS
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_HELP = ("weights' dtype: auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16. "
-              "On a CPU, bfloat16 halves the memory (an 8B model: ~16 GB instead of ~32 GB) but runs slower "
-              "and rounds the step scores (`python -m workbench.bench dtype` measures both); a kfh.json is "
-              "keyed on the weights, so use the same dtype for discovery and the jobs that read it")
+              "On a CPU, bfloat16 halves the memory (an 8B model: ~16 GB instead of ~32 GB) and rounds the step "
+              "scores; it is faster on CPUs with bf16 instructions and can be slower on others (`python -m "
+              "workbench.bench dtype` measures both). A kfh.json is keyed on the weights, so use the same dtype "
+              "for discovery and the jobs that read it")
 
 
 @dataclass
