@@ -201,11 +201,14 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
         conditions[cond]["n_traces"] = len(counts[cond])
     return {"n_traces": len(per_trace), "m": m, "conditions": conditions, "mode": mode, "n_samples": n_samples,
             "temperature": temperature, "ks": list(ks), "skipped_too_few_steps": skipped,
-            "warnings": ablation_warnings(conditions, mode), "per_trace": per_trace}
+            "warnings": ablation_warnings(conditions, mode, m, len(skipped)), "per_trace": per_trace}
 
 
-def ablation_warnings(conditions: dict, mode: str) -> list[str]:
-    """Why the result may show nothing: the intact traces already fail every sampled answer."""
+def ablation_warnings(conditions: dict, mode: str, m: float = 1, n_skipped: int = 0) -> list[str]:
+    """Why the result may show nothing: every trace was too short for m, or the intact traces
+    already fail every sampled answer."""
+    if n_skipped and not conditions["none"]["n_traces"]:
+        return [f"all {n_skipped} traces have at most m={m} removable steps and were skipped: lower --m"]
     intact = [v for k, v in conditions["none"].items() if k.startswith("pass@") and v is not None]
     if intact and max(intact) == 0:
         return [f"the intact condition (no step removed) is already at 0: every {mode} answer fails the "

@@ -113,6 +113,10 @@ def test_ablation_keeps_answers_and_warns_when_intact_fails(tiny_qwen2):
             assert len(answers) == 3 and all(a["correct"] is False and a["text"].startswith("</think>")
                                              for a in answers)
     assert ablation_warnings({"none": {"pass@1": 0.25, "n_traces": 2}}, "forced") == []
+    every_one_skipped = run_ablation(tiny_qwen2, refs, scores, 50, grade_organism, n_samples=4, ks=(1,),
+                                     progress=False)
+    assert every_one_skipped["warnings"] == ["all 2 traces have at most m=50 removable steps and were skipped: "
+                                             "lower --m"]
 
 
 def test_ablation_resumes_from_its_cache(tiny_qwen2, tmp_path, monkeypatch):
