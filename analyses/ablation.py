@@ -153,7 +153,7 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
 
     ``step_scores[i]`` is trace i's per-step KFH score ``[K]``; ``max_new_tokens`` defaults to
     2|F| + 8 in forced mode and to the trace's own response length + 2|F| + 8 when continuing.
-    ``warnings`` in the result flags an intact condition that is already at 0.
+    ``warnings`` in the result flags an intact condition already at 0, or every trace skipped.
     """
     m = int(m) if float(m).is_integer() else float(m)  # "m": 2 in the JSON, not 2.0
     if any(k > n_samples for k in ks):
