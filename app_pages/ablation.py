@@ -29,7 +29,7 @@ def show(result: dict, name: str) -> None:
 st.title("Step ablation")
 s = settings()
 show_run_file(s, "ablation.json", show, "Write one with `python experiments/ablate_steps.py --model organism "
-              "--kfh runs/discover/kfh.json --out DIR`, or run a small one here.")
+              "--kfh runs/kfh/kfh.json --out DIR`, or run a small one here.")
 
 st.subheader("Run a small ablation")
 st.caption("Uses the correct traces of the current trace set and the KFHs chosen on the Heads page; "

@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 
 from analyses.labels import get_labels, label_codes
 from analyses.sra import discover, sra_table
+from analyses.verdict import verdict
 from workbench.heads import Head, model_shape
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel
@@ -81,6 +82,7 @@ class Workspace:
     kfh: list[Head]  # the KFHs chosen by discovery (the default selection)
     settings: dict = field(default_factory=dict)
     baselines: dict | None = None  # trivial rankers (baselines.json)
+    verdict: dict | None = None  # do the KFHs beat the trivial rankers (analyses.verdict, baselines.json)
     run_dir: Path | None = None
     records: list[TraceRecord] | None = None  # token-level traces, when computed in this process
 
@@ -149,7 +151,8 @@ def analyse(loaded: LoadedModel, records: list[TraceRecord], labels_spec: str, s
                 "n_discovery": result.discovery.n_traces, "n_held_out": result.held_out.n_traces}
     return Workspace(source, loaded.name, loaded.fingerprint, n_layers, n_heads,
                      [_view(r, x, preset) for r, x in zip(records, labels)], arrays,
-                     pd.DataFrame(sra_table(result)), result.heads, settings, result.baselines, records=records)
+                     pd.DataFrame(sra_table(result)), result.heads, settings, result.baselines,
+                     verdict(result, n_boot=n_boot, seed=seed), records=records)
 
 
 def organism_workspace(loaded: LoadedModel, n_traces: int, seed: int, progress: Progress) -> Workspace:
@@ -247,10 +250,9 @@ def run_workspace(run_dir: str | Path) -> Workspace:
                                [e - s for s, e in steps], f1 - f0, len(row["prompt_ids"]) + len(row["response_ids"]),
                                row.get("correct")))
         arrays.append(scores[tid])
-    baselines = run_dir / "baselines.json"
+    summary = json.loads((run_dir / "baselines.json").read_text()) if (run_dir / "baselines.json").is_file() else {}
     return Workspace(f"run {run_dir}", sel.model, sel.fingerprint, sel.n_layers, sel.n_heads, views, arrays, table,
-                     sel.heads, sel.settings, json.loads(baselines.read_text()).get("baselines")
-                     if baselines.is_file() else None, run_dir=run_dir)
+                     sel.heads, sel.settings, summary.get("baselines"), summary.get("verdict"), run_dir=run_dir)
 
 
 def run_records(ws: Workspace, loaded: LoadedModel) -> list[TraceRecord]:

@@ -32,6 +32,8 @@ n_total = ws.n_layers * ws.n_heads
 held = ws.settings.get("n_held_out")
 st.caption(f"{ws.source} · model **{ws.model}** · {len(ws.traces)} traces · labels: {ws.settings.get('labels', '?')}"
            + (f" · SRA on {held} held-out traces (heads ranked on the discovery half)" if held is not None else ""))
+for line in (ws.verdict or {}).get("lines", []):  # do discovery's KFHs beat the trivial rankers (analyses.verdict)
+    (st.success if ws.verdict["beats_rankers"] and not line.startswith("WARNING") else st.warning)(line)
 
 # --- selection: top-N by discovery SRA, then add / remove by hand --------------------------------------
 names = [head_name(h) for h in ws.top(n_total)]  # best first

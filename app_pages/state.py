@@ -21,11 +21,11 @@ import torch
 
 from app_pages.data import Workspace, default_n_traces, is_discover_run, organism_workspace, run_workspace, \
     upload_workspace
+from workbench.cli import USER_ERRORS
 from workbench.heads import Head, head_name, parse_head
 from workbench.models import LoadedModel, load_model
 from workbench.traces import is_organism
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError, ImportError)
 MAX_WORKSPACES = 8
 
 

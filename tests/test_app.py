@@ -107,6 +107,7 @@ def test_the_first_open_trace_set_is_kept_on_disk(organism, monkeypatch):
     for a, b in zip(again.scores, first.scores):
         np.testing.assert_array_equal(a, b)
     pd.testing.assert_frame_equal(again.table, first.table)
+    assert first.verdict["n_held_out"] == first.settings["n_held_out"] and first.verdict["lines"]
 
 
 def test_heatmap_has_a_cell_per_head_matching_the_table(organism):
@@ -273,6 +274,9 @@ def test_run_directory_from_the_command_line(tmp_path, monkeypatch):
     clean(at)
     assert at.text_input(key="run_dir").value == str(out)
     assert any(f"run {out}" in c.value for c in at.main.caption)
+    lines = json.loads((out / "baselines.json").read_text())["verdict"]["lines"]  # the verdict the script printed
+    shown = [w.value for w in at.warning] + [m.value for m in at.success]
+    assert lines and all(line in shown for line in lines) and any("held-out" in line for line in lines)
     table = pd.read_csv(out / "sra.csv")
     z = array(chart(at)["data"][0]["z"])
     for row in table.itertuples():

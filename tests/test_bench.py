@@ -58,3 +58,15 @@ def test_logprob_quick_json_compares_the_two_passes():
     for r in result["rows"]:
         assert r["peak_mb_full"] > 0 and r["peak_mb"] > 0 and r["seconds_full"] > 0 and r["seconds"] > 0
         assert r["max_abs_diff"] < 1e-5  # the lean pass gives the same log-probs
+
+
+def test_dtype_bench_compares_each_dtype_with_float32():
+    cmd = [sys.executable, "-m", "workbench.bench", "dtype", "--model", "organism", "--n-traces", "4", "--repeats", "1",
+           "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["dtype"]: r for r in json.loads(done.stdout)["rows"]}
+    assert sorted(rows) == ["bfloat16", "float32"]
+    assert rows["float32"]["max_abs_score_diff"] == 0 and rows["float32"]["max_abs_sra_diff"] == 0
+    assert rows["bfloat16"]["memory_vs_float32"] == 0.5 and rows["bfloat16"]["tokens"] == rows["float32"]["tokens"]
+    assert 0 < rows["bfloat16"]["max_abs_score_diff"] < 0.1 and rows["bfloat16"]["score_spearman"] > 0.9

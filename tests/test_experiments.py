@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from experiments import ablate_steps, causal_heads, discover_heads, stability
 from workbench.kfh import load_kfh
 from workbench.models import load_model
-from workbench.traces import read_traces
+from workbench.traces import bundled_r1_traces, read_traces
 
 ROOT = Path(__file__).resolve().parents[1]
-R1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "r1-traces" / "deepseek-r1-distill-llama-8b.jsonl"
+R1 = bundled_r1_traces()  # beside the repository, or $KFH_R1_TRACES
 SRA_COLUMNS = ["layer", "head", "name", "sra", "ci_low", "ci_high", "sra_discovery", "sra_redundant_first"]
 ABLATION_KEYS = {"none", "high", "low", "random"}
 QUICKSTART_S = 900  # about 40 s on a busy 2-core CPU; today's kaleido code hung for ever
