@@ -64,11 +64,6 @@ def _slipped(x: int, y: int) -> int:
     return x if x != y else (y + 1) % 10
 
 
-def _right(p: Problem, operand: str, x: int, name: str, y: int) -> bool:
-    """Does a computation read its operand's true value and write its variable's true value?"""
-    return x == p.value(operand) and y == p.value(name)
-
-
 def _chain_blocks(rng: random.Random, p: Problem, params: TaskParams) -> tuple[list[list[Step]], dict[str, int]]:
     """The chain's computations in order, a block per computation (a slip and its correction are one
     block, so nothing gets between them), and the value of every variable as the trace last wrote it."""
@@ -85,25 +80,19 @@ def _chain_blocks(rng: random.Random, p: Problem, params: TaskParams) -> tuple[l
             nxt = p.by_name[computed[i + 1]]
             right = apply_op(apply_op(x, d.op, d.constant), nxt.op, nxt.constant)
             y = apply_op(x, nxt.op, nxt.constant) if rng.random() < params.shortcut_fail else right
-            label, kind = ("critical", "shortcut") if _right(p, d.operand, x, nxt.name, y) else ("redundant", "slip")
-            blocks.append([shortcut_step(opener, d, nxt, x, y, label, kind)])
+            blocks.append([shortcut_step(opener, d, nxt, x, y)])
             written[d.name] = apply_op(x, d.op, d.constant)  # restated in the answer, never written in a step
             written[nxt.name] = y
             i += 2
             continue
         y = apply_op(x, d.op, d.constant)
-        if rng.random() < params.slip:
-            block = [computation_step(opener, d, x, _slipped(x, y), "redundant", "slip")]
-            if rng.random() < params.notice:
-                right = _right(p, d.operand, x, d.name, y)
-                block.append(computation_step(CORRECTION_OPENER, d, x, y, "critical" if right else "redundant",
-                                              "correction" if right else "slip"))
-            else:
+        if rng.random() < params.slip and rng.random() < params.notice:
+            block = [computation_step(opener, d, x, _slipped(x, y), "redundant", "slip"),
+                     computation_step(CORRECTION_OPENER, d, x, y, "critical", "correction")]
+        else:  # right, or a slip nobody notices: either way what the answer goes on to use
+            if rng.random() < params.slip * (1 - params.notice) / (1 - params.slip * params.notice):
                 y = _slipped(x, y)
-        else:
-            right = _right(p, d.operand, x, d.name, y)
-            block = [computation_step(opener, d, x, y, "critical" if right else "redundant",
-                                      "compute" if right else "slip")]
+            block = [computation_step(opener, d, x, y, "critical", "compute")]
         written[d.name] = y
         blocks.append(block)
         i += 1
@@ -117,7 +106,7 @@ def sample_trace(rng: random.Random, problem: Problem | None = None, params: Tas
     chain = p.chain()
     blocks, written = _chain_blocks(rng, p, params)
     plan = Step(["\nNeed", *chain, "."], "plan", "plan")
-    checkable = [s for b in blocks for s in b if s.label == "critical"]  # right arithmetic only
+    checkable = [s for b in blocks for s in b if s.label == "critical" and _checks(p, s)]  # right arithmetic only
     off_chain = [d.name for d in p.definitions if d.operand is not None and d.name not in chain]
     givens = [d.name for d in p.definitions if d.operand is None]
     rng.shuffle(off_chain)
@@ -148,6 +137,15 @@ def sample_trace(rng: random.Random, problem: Problem | None = None, params: Tas
     return Trace(p, [plan, *(s for b in blocks for s in b)], answer_words)
 
 
+def _checks(p: Problem, step: Step) -> bool:
+    """Is a computation's arithmetic right (what a confirming re-check can repeat)?"""
+    *operands, _, result = step.arithmetic
+    x = int(operands[0])
+    for op_k in operands[1:]:
+        x = apply_op(x, op_k[0], int(op_k[1:]))
+    return x == int(result)
+
+
 def _computation(words: list[str]) -> tuple[str, int, int, bool] | None:
     """(variable, operand value, result, merged?) of a computation's words after its opener, e.g.
     ``a =c+3 , c =4 , a =7 .`` (words a sampled step adds after its ``.`` are ignored); None for any
@@ -164,48 +162,35 @@ def _computation(words: list[str]) -> tuple[str, int, int, bool] | None:
         return None
 
 
-def _true_result(problem: Problem, name: str, merged: bool) -> tuple[int, int] | None:
-    """(true operand value, true result) of a computation of ``name`` (merged: from two links down)."""
-    d = problem.by_name.get(name)
-    if d is None or d.operand is None:
-        return None
-    source = problem.by_name[d.operand]
-    if merged:
-        if source.operand is None:
-            return None
-        return problem.value(source.operand), problem.value(name)
-    return problem.value(d.operand), problem.value(name)
-
-
 def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, str]]:
     """Ground-truth (label, kind) of each step of a sampled response, from its text alone.
 
-    A computation, correction or shortcut is critical when it is the first step to write a chain
-    variable's true value from its operand's true value; a wrong one is a ``slip``; a chain
-    variable written right again is a ``repeat``; off-chain ones are distractors.
+    Critical are the steps the answer depends on: for each chain variable, the last computation
+    of it (a computation, a correction or a shortcut), whose value is the one in force when the
+    think block closes, right or wrong.  An earlier computation of the same variable is
+    superseded: a ``slip`` when the later one changed its value, a ``repeat`` when not.
+    Off-chain computations are distractors; re-checks and restated givens are redundant.
     """
     chain = set(problem.chain())
-    done: set[str] = set()
-    out = []
+    parsed = []
     for i, text in enumerate(step_texts):
         w = text.split()
         correction = w[:4] == ["Wait", ",", "no", ","]
         body = w[4:] if correction else w[1:] if w[:1] in (["Now"], ["Then"], ["Next"]) else None
-        comp = _computation(body) if body is not None else None
+        parsed.append((w, correction, _computation(body) if body is not None else None))
+    last = {comp[0]: i for i, (_, _, comp) in enumerate(parsed) if comp is not None}
+    out = []
+    for i, (w, correction, comp) in enumerate(parsed):
         if i == 0 and w[:1] == ["Need"]:
             out.append(("plan", "plan"))
         elif comp is not None:
-            name, x, y, merged = comp
-            truth = _true_result(problem, name, merged)
+            name, _, y, merged = comp
             if name not in chain:
                 out.append(("redundant", "distractor"))
-            elif name in done:
-                out.append(("redundant", "repeat"))
-            elif truth == (x, y):
-                done.add(name)
+            elif last[name] == i:
                 out.append(("critical", "correction" if correction else "shortcut" if merged else "compute"))
             else:
-                out.append(("redundant", "slip"))
+                out.append(("redundant", "repeat" if parsed[last[name]][2][2] == y else "slip"))
         elif w[:1] == ["So"]:
             out.append(("redundant", "restate"))
         elif w[:1] in (["Wait"], ["Let"]):
