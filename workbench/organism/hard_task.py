@@ -8,20 +8,20 @@ needs -- what a plain length penalty cannot tell from overthinking:
 - **Slips.** A computation forgets its operator at rate ``slip`` and writes the operand's value
   (``Now a =c+3 , c =4 , a =4 .``).  Right after a slip the reasoner notices it at rate ``notice``
   and recomputes in full: ``Wait , no , a =c+3 , c =4 , a =7 .``.  The correction is *critical*
-  (the first step that gets ``a`` right), the slipped step *redundant* (kind ``slip``: the
-  correction holds everything it held).  An unnoticed slip is carried on and ends in a wrong answer.
+  (the answer restates its value), the slipped step *redundant* (kind ``slip``: the correction
+  holds everything it held).  An unnoticed slip is carried on into a wrong answer.
 - **Re-checks** that only confirm a right value are *redundant*; half of them come right after the
   step they check and open with the same ``Wait ,`` as a correction, so "check or go on" is one
   decision whether or not it is needed.
 - **Risky shortcuts.** Two computations merged into one (``Now b =c+3 *2 , c =4 , b =4 .``) at rate
   ``shortcut`` per adjacent pair: shorter than the careful route, but the merged result applies only
-  the second operator at rate ``shortcut_fail`` (a wrong answer).  Right, it is *critical* (kind
-  ``shortcut``); wrong, redundant (kind ``slip``).
+  the second operator at rate ``shortcut_fail`` (a wrong answer).  It is *critical* (kind
+  ``shortcut``) either way: the answer goes on from it.
 
 Distractor computations and restated givens stay as in the first organism.  Every slip is followed
-at once by its correction when there is one, and nothing is inserted between the two.  Labels are
-ground truth by value: a step is critical when it is the first to write a chain variable's true
-value from the operand's true value.
+at once by its correction when there is one, and nothing is inserted between the two.  Labels say
+what the answer depends on: each chain variable's last computation is critical, right or wrong (in a
+correct response it is the right one); an earlier computation it supersedes is redundant.
 """
 
 from __future__ import annotations
