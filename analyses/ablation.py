@@ -10,6 +10,7 @@ trace.  Each condition samples n answers per trace; pass@k uses the unbiased est
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,6 +22,8 @@ from workbench.traces import TraceRecord
 from workbench.verifiers import Verifier
 
 CONDITIONS = ("none", "high", "low", "random")
+CONDITION_WORDS = {"none": "none (the whole trace)", "high": "the m highest-score steps",
+                   "low": "the m lowest-score steps", "random": "m random steps"}
 CACHE_TOKENS = 16384  # rows x prefix tokens held in one repeated KV cache: bounds memory on long traces
 MODES = ("forced", "continue")
 
@@ -112,11 +115,12 @@ def sample_continuations(model, prefix: list[int], n: int, max_new_tokens: int, 
 def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: list[np.ndarray], m: float,
                  verifier: Verifier, n_samples: int = 32, ks: tuple[int, ...] = (1, 4, 16, 32), mode: str = "forced",
                  temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 32,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> dict:
     """pass@k per condition over the traces with more than m removable steps (ablation.json content).
 
     ``step_scores[i]`` is trace i's per-step KFH score ``[K]``; ``max_new_tokens`` defaults to
     2|F| + 8 in forced mode and to the trace's own response length + 2|F| + 8 when continuing.
+    ``on_progress(done, total)`` is called before each trace and at the end (it may raise to stop early).
     """
     m = int(m) if float(m).is_integer() else float(m)  # "m": 2 in the JSON, not 2.0
     if any(k > n_samples for k in ks):
@@ -126,7 +130,10 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
     tok = loaded.tokenizer
     counts: dict[str, list[int]] = {c: [] for c in CONDITIONS}
     per_trace, skipped = [], []
-    for r, s in tqdm(list(zip(records, step_scores)), desc=f"ablating steps ({mode})", disable=not progress):
+    for i, (r, s) in enumerate(tqdm(list(zip(records, step_scores)), desc=f"ablating steps ({mode})",
+                                    disable=not progress)):
+        if on_progress is not None:
+            on_progress(i, len(records))
         s = np.asarray(s, dtype=np.float64)
         if len(s) != r.n_steps:
             raise ValueError(f"trace {r.trace_id!r}: {len(s)} step scores for {r.n_steps} steps")
@@ -147,6 +154,8 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
             counts[cond].append(c)
             row["removed"][cond], row["correct"][cond] = removed, c
         per_trace.append(row)
+    if on_progress is not None:
+        on_progress(len(records), len(records))
     conditions = {}
     for cond in CONDITIONS:
         conditions[cond] = {f"pass@{k}": (float(np.mean([pass_at_k(n_samples, c, k) for c in counts[cond]]))
@@ -156,14 +165,31 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
             "temperature": temperature, "ks": list(ks), "skipped_too_few_steps": skipped, "per_trace": per_trace}
 
 
+def per_trace_ci(result: dict, z: float = 1.96) -> dict[str, dict[int, float | None]]:
+    """Half-width of a normal-approximation 95% CI of each condition's pass@k, over traces
+    (None when ``per_trace`` is absent or holds fewer than two traces)."""
+    rows, n = result.get("per_trace") or [], result["n_samples"]
+    out: dict[str, dict[int, float | None]] = {}
+    for cond in CONDITIONS:
+        counts = [row["correct"][cond] for row in rows if cond in row.get("correct", {})]
+        out[cond] = {k: (float(z * np.std([pass_at_k(n, c, k) for c in counts], ddof=1) / np.sqrt(len(counts)))
+                         if len(counts) > 1 else None) for k in result["ks"]}
+    return out
+
+
 def ablation_figure(result: dict) -> go.Figure:
-    """pass@k of each condition, grouped by k."""
+    """pass@k of each condition, grouped by k, with 95% CIs over traces when per-trace counts are there."""
     ks = result["ks"]
+    ci = per_trace_ci(result)
     fig = go.Figure()
     for cond in CONDITIONS:
         c = result["conditions"][cond]
-        fig.add_trace(go.Bar(name=cond, x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks]))
-    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="pass@k",
-                      title=f"Step ablation ({result['mode']}, m={result['m']}, {result['n_traces']} traces, "
-                            f"n={result['n_samples']})", legend_title="removed steps")
+        errors = [ci[cond][k] for k in ks]
+        fig.add_trace(go.Bar(name=CONDITION_WORDS[cond], x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks],
+                             error_y={"type": "data", "array": errors, "visible": any(e is not None for e in errors)},
+                             hovertemplate="%{x}: %{y:.3f}<extra>" + cond + "</extra>"))
+    fig.update_layout(barmode="group", yaxis_range=[0, 1.05], yaxis_title="pass@k (mean over traces, 95% CI)",
+                      title=f"Step ablation ({result['mode']}, m={result['m']} steps removed, {result['n_traces']} "
+                            f"traces, {result['n_samples']} answers each)",
+                      legend={"title": "steps removed", "orientation": "h", "y": -0.2})
     return fig

@@ -3,8 +3,8 @@
     python experiments/ablate_steps.py --model organism --kfh runs/discover/kfh.json --out runs/ablate
     python experiments/ablate_steps.py --model organism --kfh runs/discover/kfh.json --mode continue --out ...
 
-Writes ablation.json {"n_traces", "m", "conditions": {"none"|"high"|"low"|"random": {"pass@k": ..}}, ...}
-and figures/ablation.*.
+Writes ablation.json {"n_traces", "m", "conditions": {"none"|"high"|"low"|"random": {"pass@k": ..}}, ...,
+"model", "fingerprint", "created", "kfh", "traces"} and figures/ablation.*.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from analyses.ablation import MODES, ablation_figure, run_ablation
 from analyses.figures import save_figure
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel, load_model
+from workbench.provenance import stamp
 from workbench.traces import add_trace_arguments, traces_from_args, verifier_for
 from workbench.tracing import trace_step_scores
 
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
     result = run_ablation(loaded, records, step_scores, args.m, verifier, n_samples=args.n_samples, ks=tuple(args.k),
                           mode=args.mode, temperature=args.answer_temperature,
                           max_new_tokens=args.answer_max_new_tokens, seed=args.seed, batch_size=args.batch_size)
-    result["kfh"] = sel.names
-    result["model"] = loaded.name
+    result.update(stamp(loaded), kfh=sel.names, traces={"source": args.traces, "n_traces": args.n_traces,
+                                                          "seed": args.seed + 1_000_003, "correct_only": True})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     save_figure(ablation_figure(result), args.out / "figures", "ablation")

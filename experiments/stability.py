@@ -8,7 +8,8 @@ checkpoint is then teacher-forced on the same token ids.  The KFHs whose step sc
 compared come from ``--kfh`` or, by default, are the first checkpoint's top-N heads by SRA.
 ``--sft-steps N`` appends a copy of the first checkpoint fine-tuned for N supervised steps on
 the trace set's responses: a second checkpoint of the same shape when no training run exists.
-Writes stability.json and figures/stability.*.
+Writes stability.json (with the first checkpoint's name and fingerprint, the KFHs, the trace set
+and the date) and figures/stability.*.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from workbench.checkpoints import save_hf_atomic
 from workbench.heads import head_name
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel, load_model
+from workbench.provenance import stamp
 from workbench.traces import TraceRecord, add_trace_arguments, is_organism, traces_from_args
 from workbench.tracing import trace_step_scores
 
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
         summaries.append(checkpoint_summary(scores, codes, kfh))
         print(f"{spec}: best head SRA {np.nanmax(summaries[-1]['sra']):.3f}")
     result = {"checkpoints": checkpoints, **compare(summaries, args.top_n), "kfh": [head_name(h) for h in kfh],
-              "n_traces": len(records), "labels": labels_spec,
+              "n_traces": len(records), "labels": labels_spec, **stamp(first), "top_n": args.top_n,
+              "traces": {"source": args.traces, "n_traces": args.n_traces, "seed": args.seed},
               "sra": [[[None if v != v else float(v) for v in row] for row in s["sra"]] for s in summaries]}
     (args.out / "stability.json").write_text(json.dumps(result, indent=2) + "\n")
     save_figure(stability_figure(result), args.out / "figures", "stability")
