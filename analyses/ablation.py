@@ -22,6 +22,7 @@ from workbench.traces import TraceRecord
 from workbench.verifiers import Verifier
 
 CONDITIONS = ("none", "high", "low", "random")
+CONDITION_COLOURS = {"none": "#7f7f7f", "high": "#d62728", "low": "#1f77b4", "random": "#ff7f0e"}
 CONDITION_WORDS = {"none": "none (the whole trace)", "high": "the m highest-score steps",
                    "low": "the m lowest-score steps", "random": "m random steps"}
 CACHE_TOKENS = 16384  # rows x prefix tokens held in one repeated KV cache: bounds memory on long traces
@@ -186,6 +187,7 @@ def ablation_figure(result: dict) -> go.Figure:
         c = result["conditions"][cond]
         errors = [ci[cond][k] for k in ks]
         fig.add_trace(go.Bar(name=CONDITION_WORDS[cond], x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks],
+                             marker_color=CONDITION_COLOURS[cond],
                              error_y={"type": "data", "array": errors, "visible": any(e is not None for e in errors)},
                              hovertemplate="%{x}: %{y:.3f}<extra>" + cond + "</extra>"))
     fig.update_layout(barmode="group", yaxis_range=[0, 1.05], yaxis_title="pass@k (mean over traces, 95% CI)",

@@ -224,10 +224,11 @@ def heatmap_figure(sra_lh: np.ndarray, title: str = "SRA per head (held-out)", m
                              showlegend=False, hovertemplate=hover + "<extra></extra>",
                              marker={"symbol": "square", "size": 30, "opacity": 0},
                              selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}}))
-    if marked:
-        fig.add_trace(go.Scatter(x=[h for _, h in marked], y=[l for l, _ in marked], mode="markers", name=marked_label,
-                                 hoverinfo="skip", marker={"symbol": "star", "size": 16, "color": "gold",
-                                                           "line": {"color": "black", "width": 1.5}},
+    if marked:  # in the cell's top-right corner, clear of its number
+        fig.add_trace(go.Scatter(x=[h + 0.33 for _, h in marked], y=[l + 0.27 for l, _ in marked], mode="markers",
+                                 name=marked_label, hoverinfo="skip",
+                                 marker={"symbol": "star", "size": 14, "color": "gold",
+                                         "line": {"color": "black", "width": 1.5}},
                                  selected={"marker": {"opacity": 1}}, unselected={"marker": {"opacity": 1}}))
     fig.update_layout(title=title, hovermode="closest", hoverdistance=-1, plot_bgcolor="white",
                       legend={"orientation": "h", "y": -0.15, "x": 0},
@@ -248,8 +249,9 @@ def by_layer_figure(sra_lh: np.ndarray, baselines_: dict[str, dict] | None = Non
                              hovertemplate="%{text}: SRA %{y:.3f}<extra></extra>", marker={"opacity": 0.6}))
     fig.add_trace(go.Scatter(x=np.arange(n_layers), y=np.nanmax(np.nan_to_num(sra_lh, nan=-np.inf), axis=1),
                              mode="lines+markers", name="best head"))
-    for name, b in (baselines_ or {}).items():
-        if b["sra"] is not None:
-            fig.add_hline(y=b["sra"], line_dash="dash", annotation_text=f"{name} ranker", line_color="gray")
+    for i, (name, b) in enumerate((baselines_ or {}).items()):
+        if b["sra"] is not None:  # labels spread along the line: baselines often sit close together
+            fig.add_hline(y=b["sra"], line_dash="dash", annotation_text=f"{name} ranker", line_color="gray",
+                          annotation_position=("top left", "top", "top right")[i % 3])
     fig.update_layout(title=title, xaxis={"title": "layer", "dtick": 1}, yaxis_title="SRA", yaxis_range=[0, 1])
     return fig

@@ -8,13 +8,12 @@ of the top-N heads by SRA (|top_i & top_0| / N).
 
 from __future__ import annotations
 
-from pathlib import PurePath
-
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy import stats
 
+from analyses.figures import short_labels
 from analyses.sra import sra, top_heads
 from workbench.heads import Head, head_name
 
@@ -60,20 +59,9 @@ def compare(summaries: list[dict], top_n: int) -> dict:
     return out
 
 
-def checkpoint_labels(checkpoints: list[str]) -> list[str]:
-    """Short, distinct axis labels for checkpoint specs: the last path part (``step_20``), with as
-    many parent parts as it takes to tell two apart (``seed0/step_20``)."""
-    parts = [PurePath(c).parts or (c,) for c in checkpoints]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        labels = ["/".join(p[-depth:]) for p in parts]
-        if len(set(labels)) == len(labels):
-            return labels
-    return list(checkpoints)
-
-
 def stability_figure(result: dict) -> go.Figure:
     """The agreement measures against the first checkpoint, one line each, in plain words."""
-    labels = checkpoint_labels(result["checkpoints"])
+    labels = short_labels(result["checkpoints"])
     fig = go.Figure()
     for key, words in MEASURES.items():
         fig.add_trace(go.Scatter(x=list(range(len(labels))), y=result[key], mode="lines+markers", name=words,
@@ -90,7 +78,7 @@ def sra_grids_figure(result: dict) -> go.Figure:
     """Each checkpoint's per-head SRA (``result["sra"]``, ``[checkpoint][layer][head]``) side by side,
     on one colour scale, with the checkpoint's top heads starred."""
     grids = [np.array(g, dtype=float) for g in result["sra"]]
-    labels = checkpoint_labels(result["checkpoints"])
+    labels = short_labels(result["checkpoints"])
     fig = make_subplots(rows=1, cols=len(grids), subplot_titles=labels, shared_yaxes=True,
                         horizontal_spacing=min(0.04, 0.5 / max(1, len(grids))))
     for i, grid in enumerate(grids, 1):
