@@ -286,7 +286,7 @@ def test_trace_viewer_baseline_follows_the_pass_rate():
 
 
 def test_token_view_shows_the_answer_attention_of_the_chosen_head(organism):
-    from app_pages.data import token_trace
+    from app_pages.data import organism_records, token_trace
     from workbench.tracing import answer_attention
 
     at = switch(start(), "app_pages/tokens.py")
@@ -295,11 +295,9 @@ def test_token_view_shows_the_answer_attention_of_the_chosen_head(organism):
     clean(at)
     ids = [o.split(" · ")[0] for o in at.selectbox(key="trace_index").options]
     index = at.selectbox(key="trace_index").value
-    from app_pages.data import organism_records
-
     record = {r.trace_id: r for r in organism_records(organism, 8, 0, lambda *r: None)}[ids[index]]
     tok = token_trace(record, organism.tokenizer)
-    (p, (a0, a1)) = tok.prompt_len, tok.answer
+    p, a0 = tok.prompt_len, tok.answer[0]
     want = answer_attention(organism, record.item(), [(1, 1)])[0].mean(0).numpy()
     strip = chart(at, 0)
     np.testing.assert_allclose(array(strip["data"][0]["y"]), want[p:a0], atol=1e-6)
