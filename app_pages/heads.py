@@ -109,15 +109,18 @@ heatmap = heatmap_figure(grid, title=f"{SPLITS[split]} per head ({ws.model}, {ws
                          rank=rank_grid(ws.grid(ws.ranking_column())),
                          rank_label=f"by {SPLITS[ws.ranking_column()]}", marked_label="selected KFH")
 heatmap.update_layout(height=max(360, 60 + 42 * ws.n_layers), clickmode="event+select", dragmode=False)
+if (focus := focused_head(ws)) is not None:  # the head in focus (last clicked), outlined
+    heatmap.add_shape(type="rect", x0=focus[1] - 0.5, x1=focus[1] + 0.5, y0=focus[0] - 0.5, y1=focus[0] + 0.5,
+                      line={"color": "black", "width": 2, "dash": "dot"})
 chart_key = f"sra_heatmap_{st.session_state.get('heatmap_clicks', 0)}"
 st.plotly_chart(heatmap, key=chart_key, on_select=lambda: _clicked(ws, chart_key), selection_mode="points",
                 config={"displayModeBar": False})
-st.caption("★ = selected KFH. Click a cell to add the head to the KFHs or take it out; the clicked head opens in "
-           "the trace viewer and the token view. Hover for the CI and the rank.")
+st.caption("★ = selected KFH; dotted outline = the head in focus. Click a cell to add the head to the KFHs or take "
+           "it out; the clicked head is the one the trace viewer and the token view open on. Hover for the CI and "
+           "the rank.")
 figure_downloads(heatmap, "sra_heatmap")
 
 # --- the head in focus -----------------------------------------------------------------------------------
-focus = focused_head(ws)
 if focus is not None:
     name = head_name(focus)
     row = ws.table.set_index("name").loc[name]

@@ -29,7 +29,7 @@ from workbench.models import LoadedModel, load_model
 from workbench.traces import is_organism
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError, ImportError)
-VIEW_KEYS = ("run", "results", "kfh", "head", "trace", "split")  # query parameters of a shared link
+VIEW_KEYS = ("model", "run", "results", "kfh", "head", "trace", "split")  # query parameters of a shared link
 
 
 @dataclass(frozen=True)

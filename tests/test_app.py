@@ -310,6 +310,38 @@ def test_token_view_shows_the_answer_attention_of_the_chosen_head(organism):
                                answer_attention(organism, record.item(), [(1, 1)])[0, 0, p:a0].numpy(), atol=1e-6)
 
 
+def test_a_job_reports_counts_and_time_left_and_stops_on_cancel():
+    import threading
+
+    from app_pages.jobs import Cancelled, Job
+
+    go, stopped = threading.Event(), threading.Event()
+
+    def work(job: Job) -> str:
+        job.report(0, 10, "ablating traces")
+        time.sleep(0.2)
+        job.report(4, 10)
+        go.wait(timeout=30)
+        try:
+            job.report(5, 10)
+        except Cancelled:
+            stopped.set()
+            raise
+        return "done"
+
+    job = Job("t", "Test job", work)
+    deadline = time.monotonic() + 30
+    while job.done < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = job.status()
+    assert job.running and status.startswith("ablating traces: 4 / 10 ·") and "s left" in status, status
+    assert job.fraction == pytest.approx(0.4)
+    job.cancel()
+    go.set()
+    job.thread.join(timeout=30)
+    assert stopped.is_set() and job.cancelled and not job.running and job.result is None
+
+
 def test_in_app_ablation_reports_progress_and_can_be_cancelled():
     at = switch(start(), "app_pages/ablation.py")
     at.number_input(key="abl_traces").set_value(8)
@@ -528,6 +560,7 @@ def test_result_files_say_what_made_them_and_warn_on_other_heads_or_model(organi
     at.sidebar.text_input(key="model_folder").set_value(str(tuned)).run()
     switch(at, "app_pages/ablation.py")
     assert "not on the sidebar's model" in texts(at.warning)
+    assert at.query_params["model"] == str(tuned)  # the link names the model too
 
 
 def test_unreadable_run_files_are_named_not_raised(tmp_path):
