@@ -21,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -264,6 +265,23 @@ def test_clicking_a_heatmap_cell_selects_the_head_in_the_trace_viewer(tmp_path):
         assert f"{name} (KFH)" in text, f"the click on {name} did not select it:\n{text[:1500]}"
         chosen = driver.find_element(By.CSS_SELECTOR, '[data-testid="stMultiSelect"]').text
         assert name in chosen and all(n in chosen for n in kfh.names), chosen
+
+        # the table's KFH ticks select too: tick a visible row's box (rows sorted by held-out SRA, 35 px each)
+        table = pd.read_csv(run / "sra.csv")
+        unique = table[~table["sra"].duplicated(keep=False) & ~table["name"].isin([*kfh.names, name])]
+        row = unique.assign(position=[(table["sra"] > v).sum() for v in unique["sra"]]).query("position < 8").iloc[0]
+        grid = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')[-1]  # after the head's examples
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
+        time.sleep(1)
+        width, height = grid.size["width"], grid.size["height"]  # offsets count from the grid's centre
+        ActionChains(driver).move_to_element_with_offset(grid, round(52 - width / 2),
+                                                         round(35 * (row.position + 1) + 17 - height / 2)) \
+            .click().perform()  # the KFH column's checkbox
+        deadline = time.monotonic() + PAGE_LOAD_S
+        while row["name"] not in driver.find_element(By.CSS_SELECTOR, '[data-testid="stMultiSelect"]').text:
+            assert time.monotonic() < deadline, f"ticking {row['name']} in the table did not select it"
+            time.sleep(0.5)
+        settled(driver)
         button = next(b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] button')
                       if f"Open {name} in the trace viewer" in b.text)
         button.click()
