@@ -54,7 +54,7 @@ if folder is not None and folder.methods is not None:
                "what each column measures.")
     st.dataframe(pd.read_csv(folder.methods), hide_index=True, key="methods")
 own = folder.runs if folder is not None else []
-runs = list(dict.fromkeys(own + list_runs(s.runs_root, "metrics.jsonl")))
+runs = own or list_runs(s.runs_root, "metrics.jsonl")  # a results folder's own runs, else the runs folder's
 if folder is not None and not own:
     st.info(f"{folder.root} has no training runs (runs/<method>-seed<k>/metrics.jsonl, which reproduce.py "
             f"publishes)." + (f" Runs found under {s.runs_root}/ can be picked below." if runs else ""))
@@ -65,9 +65,11 @@ if not runs:
     st.stop()
 
 named = dict(zip(short_labels([r.resolve() for r in runs]), runs))
-shown = [n for n, r in named.items() if r in own] if folder is not None else list(named)[:4]
-first_seeds = [n for n in shown if n.endswith("-seed0")]  # a reproduction: one run of each method
-chosen = st.multiselect("Runs", list(named), default=first_seeds or shown, key="train_runs",
+if own:  # a reproduction: one run of each method
+    default = [n for n in named if n.endswith("-seed0")] or list(named)
+else:  # beside a results folder, the runs folder's runs only on request
+    default = [] if folder is not None else list(named)[:4]
+chosen = st.multiselect("Runs", list(named), default=default, key="train_runs",
                         help="\n\n".join(f"{n}: {p}" for n, p in named.items()))
 frames = {}
 for name in chosen:

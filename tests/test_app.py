@@ -436,18 +436,23 @@ def test_launch_small_ablation_and_stability_then_plot_them_from_a_run_dir(organ
         assert at.get("plotly_chart")
 
 
-def test_training_page_overlays_runs_with_short_names(tmp_path):
+def write_runs(folder: Path, names: tuple[str, ...]) -> None:
+    """Training runs' metrics.jsonl as the trainer's own logger writes them."""
     from workbench.config import LoggingConfig
     from workbench.training.metrics import MetricsLog
 
-    for name, slope in (("attnpo", -2.0), ("tlmre", -1.0)):
-        (tmp_path / name).mkdir()
-        log = MetricsLog(tmp_path / name, LoggingConfig(progress=False), {})
+    for name, slope in zip(names, (-2.0, -1.0, -0.5)):
+        (folder / name).mkdir(parents=True)
+        log = MetricsLog(folder / name, LoggingConfig(progress=False), {})
         for step in range(1, 4):
             log.log({"step": step, "reward": 0.5 + 0.1 * step, "accuracy": 0.9,
                      "mean_response_tokens": 100 + slope * step, "frac_steps_attenuated": 0.1 * step,
                      "frac_steps_protected": None})
         log.close()
+
+
+def test_training_page_overlays_runs_with_short_names(tmp_path):
+    write_runs(tmp_path, ("attnpo", "tlmre"))
     at = switch(start(runs_root=tmp_path), "app_pages/training.py")
     clean(at)
     assert sorted(at.multiselect(key="train_runs").value) == ["attnpo", "tlmre"]  # legends: names, not paths
@@ -458,6 +463,16 @@ def test_training_page_overlays_runs_with_short_names(tmp_path):
     assert sorted(tokens) == ["attnpo", "tlmre"]
     np.testing.assert_allclose(tokens["attnpo"], [98, 96, 94])
     assert sum(t.get("showlegend", True) for t in fig["data"]) == 2  # one legend entry per run
+
+
+def test_training_page_shows_a_results_folders_own_runs(tmp_path):
+    write_runs(tmp_path / "results" / "runs", ("attnpo-seed0", "tlmre-seed0", "tlmre-seed1"))
+    write_runs(tmp_path / "elsewhere", ("mine",))
+    at = switch(start(run_dir=tmp_path / "results", runs_root=tmp_path / "elsewhere"), "app_pages/training.py")
+    clean(at)
+    assert at.multiselect(key="train_runs").options == ["attnpo-seed0", "tlmre-seed0", "tlmre-seed1"]
+    assert at.multiselect(key="train_runs").value == ["attnpo-seed0", "tlmre-seed0"]  # one seed of each method
+    assert sorted({t["name"] for t in chart(at)["data"]}) == ["attnpo-seed0", "tlmre-seed0"]
 
 
 # --- run folders and results folders ------------------------------------------------------------------
