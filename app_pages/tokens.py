@@ -156,6 +156,11 @@ trace = ws.traces[index]
 loaded = model_or_error(settings())
 if loaded is None:
     st.stop()
+if ws.fingerprint != loaded.fingerprint:
+    st.info(f"These traces were scored with model {ws.model!r} (weights {ws.fingerprint[:12]}); the sidebar's model "
+            f"is {loaded.name!r} (weights {loaded.fingerprint[:12]}). Choose {ws.model!r} in the sidebar to see "
+            "where its answer looks, token by token.")
+    st.stop()
 try:
     record = {r.trace_id: r for r in run_records(ws, loaded)}[trace.trace_id]
     tok = token_trace(record, loaded.tokenizer)

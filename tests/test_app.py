@@ -576,6 +576,9 @@ def test_result_files_say_what_made_them_and_warn_on_other_heads_or_model(organi
     switch(at, "app_pages/ablation.py")
     assert "not on the sidebar's model" in texts(at.warning)
     assert at.query_params["model"] == str(tuned)  # the link names the model too
+    switch(at, "app_pages/tokens.py")  # token attention needs the traces' own model: said, not raised
+    clean(at)
+    assert "scored with model 'organism'" in texts(at.info)
 
 
 def test_unreadable_run_files_are_named_not_raised(tmp_path):
