@@ -48,16 +48,16 @@ def _clicked(ws: Workspace, chart_key: str) -> None:
         head = (int(round(points[0]["y"])), int(round(points[0]["x"])))
         toggle_head(ws, head)
         set_view("head", head_name(head))
-        st.session_state["heatmap_clicks"] = st.session_state.get("heatmap_clicks", 0) + 1  # a fresh chart: the
-        # next click on the same cell is a new selection, not a deselection
+        # a fresh chart (new key): a second click on the same cell is a new selection, not a deselection
+        st.session_state["heatmap_clicks"] = st.session_state.get("heatmap_clicks", 0) + 1
 
 
 def _edited(ws: Workspace, table: pd.DataFrame, key: str) -> None:
     """The table's KFH ticks, written back to the selection (best head first)."""
     ticked = ticked_heads(table, st.session_state[key]["edited_rows"])
     set_selected_heads(ws, [head_name(h) for h in ws.top(ws.n_layers * ws.n_heads) if head_name(h) in ticked])
-    st.session_state["table_edits"] = st.session_state.get("table_edits", 0) + 1  # a fresh editor shows the new
-    # selection rather than replaying its old edits over it
+    # a fresh editor (new key) shows the new selection instead of replaying its old edits over it
+    st.session_state["table_edits"] = st.session_state.get("table_edits", 0) + 1
 
 
 page_header("Key-Focus Heads", "SRA", "KFH", "split", "CI", "sra_redundant_first", "baselines", "S_k")
@@ -94,6 +94,7 @@ right.multiselect("KFHs (add or remove heads; or click a heatmap cell)", names, 
                   on_change=_take_picked)
 heads = selected_heads(ws)
 picked = [head_name(h) for h in heads]
+ranks = rank_grid(ws.grid(ws.ranking_column()))  # 1 = best on the split the KFHs are chosen on
 
 # --- heatmap: click a cell to toggle it as a KFH and focus it ---------------------------------------------
 splits = [c for c in SPLITS if c in ws.table]
@@ -106,8 +107,7 @@ grid = ws.grid(split)
 ci = (ws.grid("ci_low"), ws.grid("ci_high")) if split == "sra" else None
 heatmap = heatmap_figure(grid, title=f"{SPLITS[split]} per head ({ws.model}, {ws.n_layers} layers x {ws.n_heads} "
                                      "heads; 0.5 = chance)", marked=heads, ci=ci,
-                         rank=rank_grid(ws.grid(ws.ranking_column())),
-                         rank_label=f"by {SPLITS[ws.ranking_column()]}", marked_label="selected KFH")
+                         rank=ranks, rank_label=f"by {SPLITS[ws.ranking_column()]}", marked_label="selected KFH")
 heatmap.update_layout(height=max(360, 60 + 42 * ws.n_layers), clickmode="event+select", dragmode=False)
 if (focus := focused_head(ws)) is not None:  # the head in focus (last clicked), outlined
     heatmap.add_shape(type="rect", x0=focus[1] - 0.5, x1=focus[1] + 0.5, y0=focus[0] - 0.5, y1=focus[0] + 0.5,
@@ -124,15 +124,14 @@ figure_downloads(heatmap, "sra_heatmap")
 if focus is not None:
     name = head_name(focus)
     row = ws.table.set_index("name").loc[name]
-    st.subheader(f"{name} {'(KFH)' if name in picked else ''}")
+    st.subheader(f"{name} (KFH)" if name in picked else name)
     ci_text = f" (95% CI {row['ci_low']:.3f}–{row['ci_high']:.3f})" if np.isfinite(row["ci_low"]) else ""
     parts = [f"held-out SRA **{row['sra']:.3f}**{ci_text}"]
     if "sra_discovery" in row:
         parts.append(f"discovery SRA {row['sra_discovery']:.3f}")
     if "sra_redundant_first" in row and np.isfinite(row["sra_redundant_first"]):
         parts.append(f"SRA where a redundant step comes first {row['sra_redundant_first']:.3f}")
-    rank = int(rank_grid(ws.grid(ws.ranking_column()))[focus])
-    st.markdown(" · ".join(parts) + f" · rank {rank} of {n_total}")
+    st.markdown(" · ".join(parts) + f" · rank {ranks[focus]} of {n_total}")
     if ws.has_traces:
         b1, b2, _ = st.columns([1, 1, 2])
         if b1.button(f"Open {name} in the trace viewer", icon=":material/notes:", key="open_traces"):
@@ -147,7 +146,7 @@ if focus is not None:
 # --- table: tick KFH to select -------------------------------------------------------------------------
 table = ws.table.copy()
 table.insert(0, "KFH", table["name"].isin(picked))
-table.insert(1, "rank", rank_grid(ws.grid(ws.ranking_column()))[table["layer"], table["head"]])
+table.insert(1, "rank", ranks[table["layer"], table["head"]])
 table = table.sort_values("sra", ascending=False, na_position="last").reset_index(drop=True)
 st.subheader("All heads")
 st.caption("Tick **KFH** to select a head. Click a column header to sort. CI: 95% bootstrap over held-out traces; "

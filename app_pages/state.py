@@ -22,11 +22,12 @@ import streamlit as st
 import torch
 
 from app_pages import jobs
-from app_pages.data import Workspace, default_n_traces, organism_workspace, run_workspace, upload_workspace
+from app_pages.data import Workspace, default_n_traces, organism_workspace, run_records, run_workspace, \
+    upload_workspace
 from app_pages.results import ResultsFolder, results_folder
 from workbench.heads import Head, head_name, parse_head
 from workbench.models import LoadedModel, load_model
-from workbench.traces import is_organism
+from workbench.traces import TraceRecord, is_organism
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError, ImportError)
 VIEW_KEYS = ("model", "run", "results", "kfh", "head", "trace", "split")  # query parameters of a shared link
@@ -203,6 +204,17 @@ def workspace(s: Settings | None = None, quiet: bool = False) -> Workspace | Non
         if not quiet:
             st.error(str(e))
         return None
+
+
+@st.cache_resource(show_spinner="Reading the traces token by token ...", max_entries=4)
+def _records(source: str, workspace_id: int, fingerprint: str, _ws: Workspace, _loaded: LoadedModel
+             ) -> dict[str, TraceRecord]:
+    return {r.trace_id: r for r in run_records(_ws, _loaded)}
+
+
+def trace_records(ws: Workspace, loaded: LoadedModel) -> dict[str, TraceRecord]:
+    """The workspace's traces token by token (read once per workspace and model), by trace id."""
+    return _records(ws.source, id(ws), loaded.fingerprint, ws, loaded)
 
 
 # --- the KFH selection and the head in focus -----------------------------------------------------------

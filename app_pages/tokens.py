@@ -9,18 +9,21 @@ token by token and step by step.  Needs the model the traces were scored with.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import itertools
+import json
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages.data import TokenTrace, TraceView, Workspace, run_records, token_trace
+from app_pages.data import TokenTrace, TraceView, Workspace, token_trace
 from app_pages.export import figure_downloads
 from app_pages.glossary import page_header
 from app_pages.jobs import model_lock
-from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, workspace
+from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, trace_records, workspace
 from app_pages.widgets import KFH_MEAN, SHADE, head_options, head_picker, label_colour, legend_html, trace_picker
 from workbench.heads import Head, parse_head
 from workbench.models import LoadedModel
@@ -32,10 +35,22 @@ ALL_F = -1  # "every answer token": the mean of F's rows
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _attention(fingerprint: str, trace_id: str, heads: tuple[Head, ...], _loaded: LoadedModel, _record
-               ) -> np.ndarray:
+def _attention(fingerprint: str, trace: str, heads: tuple[Head, ...], _loaded: LoadedModel, _record) -> np.ndarray:
     """``[len(heads), |F|, a1]`` answer rows, computed once per (model, trace, heads)."""
     return answer_attention(_loaded, _record.item(), list(heads)).numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _token_trace(fingerprint: str, trace: str, _record, _tokenizer) -> TokenTrace:
+    return token_trace(_record, _tokenizer)
+
+
+def trace_key(record) -> str:
+    """A trace's identity for the caches: its id and a digest of its tokens and spans (two uploads may
+    reuse an id)."""
+    item = record.item()
+    content = json.dumps([item.input_ids, [list(x) for x in item.steps], list(item.answer)])
+    return f"{record.trace_id}:{hashlib.sha256(content.encode()).hexdigest()[:16]}"
 
 
 def attention_rows(loaded: LoadedModel, record, heads: list[Head]) -> np.ndarray | None:
@@ -47,42 +62,34 @@ def attention_rows(loaded: LoadedModel, record, heads: list[Head]) -> np.ndarray
         return None
     try:
         with st.spinner(f"Tracing {len(heads)} head(s) over {len(record.input_ids)} tokens ..."):
-            return _attention(loaded.fingerprint, record.trace_id, tuple(heads), loaded, record)
+            return _attention(loaded.fingerprint, trace_key(record), tuple(heads), loaded, record)
     finally:
         lock.release()
+
+
+def token_span(tok: TokenTrace, t: int, weight: float, scale: float) -> str:
+    """Token ``t`` shaded by ``weight`` (relative to ``scale``, square-rooted so faint reads show), its
+    position, text and number on hover; newlines are marked, not broken, to keep long traces compact."""
+    alpha = min(1.0, float(np.sqrt(weight / scale))) if scale > 0 else 0.0
+    shown = html.escape(tok.texts[t]).replace("\n", "↵") or "·"
+    return (f'<span title="token {t - tok.prompt_len} · {html.escape(repr(tok.texts[t]))} · attention {weight:.4f}" '
+            f'style="background: rgba({SHADE}, {0.85 * alpha:.3f})">{shown}</span>')
 
 
 def tokens_html(tok: TokenTrace, trace: TraceView, weights: np.ndarray, scores: np.ndarray, start: int,
                 end: int, scale: float, outside: str = "between steps") -> str:
     """Tokens ``[start, end)`` as text shaded by ``weights`` (absolute positions), one block per step
-    (tokens outside every step in a grey block headed ``outside``)."""
-    blocks, current, spans = [], object(), []
-
-    def close() -> None:
-        if not spans:
-            return
-        k = current
-        if k is None:
-            head, border = outside, "#dddddd"
-        else:
-            label = trace.labels[k] if k < len(trace.labels) else None
-            head = f"step {k} · {trace.kinds[k]} · {label or 'unlabelled'} · S = {scores[k]:.4f}"
-            border = label_colour(label)
+    with its label bar and score (tokens outside every step in a grey block headed ``outside``)."""
+    blocks = []
+    for k, run in itertools.groupby(range(start, end), key=lambda t: tok.steps[t]):
+        label = trace.labels[k] if k is not None and k < len(trace.labels) else None
+        head = (outside if k is None
+                else f"step {k} · {trace.kinds[k]} · {label or 'unlabelled'} · S = {scores[k]:.4f}")
+        border = "#dddddd" if k is None else label_colour(label)
+        text = "".join(token_span(tok, t, weights[t], scale) for t in run)
         blocks.append(f'<div style="border-left: 6px solid {border}; padding: 2px 8px; margin: 2px 0">'
-                      f'<span style="font-size: 0.7em; opacity: 0.75">{html.escape(head)}</span><br>'
-                      f'<span style="font-family: monospace; white-space: pre-wrap; line-height: 1.6">{"".join(spans)}</span>'
-                      "</div>")
-        spans.clear()
-
-    for t in range(start, end):
-        if tok.steps[t] != current:
-            close()
-            current = tok.steps[t]
-        a = min(1.0, float(np.sqrt(weights[t] / scale))) if scale > 0 else 0.0
-        shown = html.escape(tok.texts[t]).replace("\n", "↵") or "·"  # newlines marked, not broken: compact
-        spans.append(f'<span title="token {t - tok.prompt_len} · {html.escape(repr(tok.texts[t]))} · attention '
-                     f'{weights[t]:.4f}" style="background: rgba({SHADE}, {0.85 * a:.3f})">{shown}</span>')
-    close()
+                      f'<span style="font-size: 0.7em; opacity: 0.75">{html.escape(head)}</span><br><span '
+                      f'style="font-family: monospace; white-space: pre-wrap; line-height: 1.6">{text}</span></div>')
     return "".join(blocks)
 
 
@@ -162,8 +169,8 @@ if ws.fingerprint != loaded.fingerprint:
             "where its answer looks, token by token.")
     st.stop()
 try:
-    record = {r.trace_id: r for r in run_records(ws, loaded)}[trace.trace_id]
-    tok = token_trace(record, loaded.tokenizer)
+    record = trace_records(ws, loaded)[trace.trace_id]
+    tok = _token_trace(loaded.fingerprint, trace_key(record), record, loaded.tokenizer)
 except (*USER_ERRORS, OSError) as e:
     st.error(str(e))
     st.stop()
