@@ -59,6 +59,14 @@ def compare(summaries: list[dict], top_n: int) -> dict:
     return out
 
 
+def stability_result(checkpoints: list[str], summaries: list[dict], kfh: list[Head], top_n: int) -> dict:
+    """The core of ``stability.json``: the checkpoints, the measures against the first, the KFHs and
+    each checkpoint's per-head SRA grid (NaN as null)."""
+    grids = [[[None if v != v else float(v) for v in row] for row in s["sra"]] for s in summaries]
+    return {"checkpoints": list(checkpoints), **compare(summaries, top_n), "kfh": [head_name(h) for h in kfh],
+            "top_n": top_n, "sra": grids}
+
+
 def stability_figure(result: dict) -> go.Figure:
     """The agreement measures against the first checkpoint, one line each, in plain words."""
     labels = short_labels(result["checkpoints"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from threading import Lock
 
 import pandas as pd
 import streamlit as st
@@ -45,7 +46,7 @@ def show(result: dict, name: str) -> None:
                                        for r in result["per_trace"]]), hide_index=True, key=f"per-trace-{name}")
 
 
-def ablate(job: jobs.Job, loaded: LoadedModel, ws: Workspace, heads: list[Head], n_traces: int, m: int,
+def ablate(job: jobs.Job, loaded: LoadedModel, lock: Lock, ws: Workspace, heads: list[Head], n_traces: int, m: int,
            n_samples: int, mode: str) -> dict:
     """A small ablation of the trace set's first ``n_traces`` correct traces with ``heads`` as KFHs."""
     job.report(0, n_traces, "reading the traces")
@@ -54,7 +55,7 @@ def ablate(job: jobs.Job, loaded: LoadedModel, ws: Workspace, heads: list[Head],
     if not chosen:
         raise ValueError(f"{ws.source} has no correct trace to ablate")
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n_samples)
-    result = jobs.locked(job, loaded.model, lambda: run_ablation(
+    result = jobs.locked(job, lock, lambda: run_ablation(
         loaded, [records[ws.traces[i].trace_id] for i in chosen], [ws.step_scores(i, heads) for i in chosen], m,
         verifier_for(loaded), n_samples=n_samples, ks=ks, mode=mode, progress=False,
         on_progress=lambda done, total: job.report(done, total, "ablating traces")))
@@ -91,7 +92,7 @@ if st.button("Run ablation", key="abl_run", type="primary"):
         st.error("No KFHs are selected: choose some on the Heads page.")
     elif loaded is not None:
         key = f"ablation-{uuid.uuid4().hex}"
-        args = (loaded, ws, heads, int(n_traces), int(m), int(n_samples), mode)
+        args = (loaded, jobs.model_lock(loaded.model), ws, heads, int(n_traces), int(m), int(n_samples), mode)
         jobs.start(key, f"Ablating {n_traces} traces x 4 conditions x {n_samples} answers",
                    lambda job: ablate(job, *args))
         st.session_state["ablation_job"] = key

@@ -116,14 +116,14 @@ def _model_locks() -> dict[int, threading.Lock]:
 
 
 def model_lock(model) -> threading.Lock:
-    """One lock per loaded model object: hold it while running the model."""
+    """One lock per loaded model object: hold it while running the model (ask for it on the script
+    thread, and hand it to the job)."""
     locks = _model_locks()
     return locks.setdefault(id(model), threading.Lock())
 
 
-def locked(job: Job, model, work: Callable[[], Any]) -> Any:
-    """Run ``work()`` holding the model's lock, saying so while waiting for it (cancel still works)."""
-    lock = model_lock(model)
+def locked(job: Job, lock: threading.Lock, work: Callable[[], Any]) -> Any:
+    """Run ``work()`` holding ``lock``, saying so while waiting for it (cancel still works)."""
     while not lock.acquire(timeout=0.5):
         job.report(job.done, job.total, "waiting for the model (another job is using it)")
     try:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from threading import Lock
 
 import pandas as pd
 import streamlit as st
 
 from analyses.labels import label_codes
 from analyses.figures import short_labels
-from analyses.stability import MEASURES, checkpoint_summary, compare, sra_grids_figure, stability_figure
+from analyses.stability import MEASURES, checkpoint_summary, sra_grids_figure, stability_figure, stability_result
 from app_pages import jobs
 from app_pages.data import TRACE_CHUNK, Workspace, cache_dir, list_runs, run_records
 from app_pages.export import figure_downloads
@@ -25,7 +26,7 @@ from app_pages.provenance import show_provenance, show_result_file
 from app_pages.results import Provenance
 from app_pages.state import USER_ERRORS, model_or_error, results, selected_heads, settings, workspace
 from experiments.stability import supervised_finetune
-from workbench.heads import Head, head_name
+from workbench.heads import Head
 from workbench.models import LoadedModel, load_model
 from workbench.provenance import stamp
 from workbench.tracing import ScoreCache, trace_step_scores
@@ -48,9 +49,11 @@ def show(result: dict, name: str) -> None:
         figure_downloads(grids, f"{name}_sra_grids")
 
 
-def compare_checkpoints(job: jobs.Job, first: LoadedModel, spec: str, device: str | None, ws: Workspace,
-                        heads: list[Head], specs: list[str], n_traces: int, top_n: int, sft_steps: int) -> dict:
-    """Score the first ``n_traces`` traces at every checkpoint; compare each with the first."""
+def compare_checkpoints(job: jobs.Job, first: LoadedModel, lock: Lock, spec: str, device: str | None,
+                        ws: Workspace, heads: list[Head], specs: list[str], n_traces: int, top_n: int,
+                        sft_steps: int) -> dict:
+    """Score the first ``n_traces`` traces at every checkpoint; compare each with the first (the
+    shared model ``first`` runs under ``lock``; the other checkpoints are this job's own)."""
     records = run_records(ws, first)[:n_traces]
     by_id = {t.trace_id: t for t in ws.traces}
     codes = [label_codes(by_id[r.trace_id].labels) for r in records]
@@ -62,7 +65,7 @@ def compare_checkpoints(job: jobs.Job, first: LoadedModel, spec: str, device: st
         specs.append(str(supervised_finetune(copy, records, sft_steps, 3e-4, out)))
     if len(specs) < 2:
         raise ValueError("choose at least two checkpoints, or add a fine-tuned copy (SFT steps > 0)")
-    summaries, items = [], [r.item() for r in records]
+    summaries, items, cache = [], [r.item() for r in records], ScoreCache(cache_dir() / "scores")
     total = len(specs) * len(items)
     for c, path in enumerate(specs):
         ckpt = first if path == spec else load_model(path, device=device)
@@ -72,14 +75,15 @@ def compare_checkpoints(job: jobs.Job, first: LoadedModel, spec: str, device: st
         scores = []
         for start in range(0, len(items), TRACE_CHUNK):
             job.report(c * len(items) + start, total, f"scoring traces at checkpoint {c + 1} of {len(specs)}")
-            scores += jobs.locked(job, ckpt.model, lambda: trace_step_scores(
-                ckpt, items[start : start + TRACE_CHUNK], cache=ScoreCache(cache_dir() / "scores")))
+            chunk = items[start : start + TRACE_CHUNK]
+            if ckpt is first:
+                scores += jobs.locked(job, lock, lambda: trace_step_scores(first, chunk, cache=cache))
+            else:
+                scores += trace_step_scores(ckpt, chunk, cache=cache)
         summaries.append(checkpoint_summary([x.numpy() for x in scores], codes, heads))
     job.report(total, total, "comparing")
-    return {"checkpoints": specs, **compare(summaries, top_n), "kfh": [head_name(h) for h in heads],
-            "n_traces": len(records), "labels": ws.settings.get("labels"), **stamp(first), "top_n": top_n,
-            "traces": {"source": ws.source},
-            "sra": [[[None if v != v else float(v) for v in row] for row in s["sra"]] for s in summaries]}
+    return {**stability_result(specs, summaries, heads, top_n), "n_traces": len(records),
+            "labels": ws.settings.get("labels"), **stamp(first), "traces": {"source": ws.source}}
 
 
 page_header("Stability across checkpoints", "stability", "SRA", "KFH", "S_k")
@@ -116,7 +120,8 @@ if st.button("Compare", key="stab_run", type="primary"):
         st.error("No KFHs are selected: choose some on the Heads page.")
     elif first is not None:
         key = f"stability-{uuid.uuid4().hex}"
-        args = (first, s.model, s.device, ws, heads, specs, int(n_traces), int(top_n), int(sft))
+        args = (first, jobs.model_lock(first.model), s.model, s.device, ws, heads, specs, int(n_traces), int(top_n),
+                int(sft))
         jobs.start(key, f"Comparing {len(specs) + bool(sft)} checkpoints on {n_traces} traces",
                    lambda job: compare_checkpoints(job, *args))
         st.session_state["stability_job"] = key

@@ -173,9 +173,9 @@ def workspace(s: Settings | None = None, quiet: bool = False) -> Workspace | Non
             loaded = get_model(s.model, s.device) if quiet else model_or_error(s)
             if loaded is None:
                 return None
-            up = s.upload
+            up, lock = s.upload, jobs.model_lock(loaded.model)
             return _background(("upload", up.digest, loaded.fingerprint, s.labels), f"Scoring {up.name}",
-                               lambda job: jobs.locked(job, loaded.model, lambda: upload_workspace(
+                               lambda job: jobs.locked(job, lock, lambda: upload_workspace(
                                    loaded, up.name, up.data, s.labels, job.report)), quiet)
         folder = results(s)
         if folder is not None and folder.discover is not None:
@@ -196,9 +196,9 @@ def workspace(s: Settings | None = None, quiet: bool = False) -> Workspace | Non
                 st.info(f"Model {loaded.name!r} has no built-in traces: upload a trace file (JSONL or parquet with "
                         "'prompt' and 'response') in the sidebar, or give a run folder with a discovery in it.")
             return None
-        n, seed = s.n_traces, s.seed
+        n, seed, lock = s.n_traces, s.seed, jobs.model_lock(loaded.model)
         return _background(("organism", loaded.fingerprint, n, seed), f"Preparing {n} organism traces",
-                           lambda job: jobs.locked(job, loaded.model, lambda: organism_workspace(
+                           lambda job: jobs.locked(job, lock, lambda: organism_workspace(
                                loaded, n, seed, job.report)), quiet)
     except (*USER_ERRORS, OSError) as e:
         if not quiet:

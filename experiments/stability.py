@@ -25,9 +25,8 @@ import torch
 from analyses.figures import save_figure
 from analyses.labels import get_labels, label_codes
 from analyses.sra import sra, top_heads
-from analyses.stability import checkpoint_summary, compare, stability_figure
+from analyses.stability import checkpoint_summary, stability_figure, stability_result
 from workbench.checkpoints import save_hf_atomic
-from workbench.heads import head_name
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel, load_model
 from workbench.provenance import stamp
@@ -110,10 +109,9 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
                    else top_heads(sra(scores, codes, n_boot=0).sra, args.top_n))
         summaries.append(checkpoint_summary(scores, codes, kfh))
         print(f"{spec}: best head SRA {np.nanmax(summaries[-1]['sra']):.3f}")
-    result = {"checkpoints": checkpoints, **compare(summaries, args.top_n), "kfh": [head_name(h) for h in kfh],
-              "n_traces": len(records), "labels": labels_spec, **stamp(first), "top_n": args.top_n,
-              "traces": {"source": args.traces, "n_traces": args.n_traces, "seed": args.seed},
-              "sra": [[[None if v != v else float(v) for v in row] for row in s["sra"]] for s in summaries]}
+    result = {**stability_result(checkpoints, summaries, kfh, args.top_n), "n_traces": len(records),
+              "labels": labels_spec, **stamp(first),
+              "traces": {"source": args.traces, "n_traces": args.n_traces, "seed": args.seed}}
     (args.out / "stability.json").write_text(json.dumps(result, indent=2) + "\n")
     save_figure(stability_figure(result), args.out / "figures", "stability")
     for key in ("pearson_sra", "spearman_sra", "pearson_step_scores", "topn_overlap"):
