@@ -67,8 +67,9 @@ if ws is None:
 n_total = ws.n_layers * ws.n_heads
 held = ws.settings.get("n_held_out")
 st.caption(f"{ws.source} · model **{ws.model}** · {len(ws.traces) or ws.settings.get('n_traces', '?')} traces · "
-            f"labels: {ws.settings.get('labels', '?')}"
-            + (f" · SRA on {held} held-out traces, heads ranked on the discovery half" if held is not None else ""))
+           f"labels: {ws.settings.get('labels', '?')}"
+           + (f" · SRA on {held} held-out traces, heads ranked on the discovery half" if held is not None else "")
+           + (f" · made {ws.settings['created'][:16].replace('T', ' ')} UTC" if ws.settings.get("created") else ""))
 if not ws.has_traces:
     st.info(f"Showing the head table of {ws.run_dir}: it lacks {' and '.join(ws.missing)}, which the trace viewer, "
             "the token view and the per-head examples need. `python experiments/discover_heads.py --out DIR` writes "
