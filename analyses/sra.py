@@ -79,13 +79,23 @@ class SRAResult:
     n_traces: int  # traces with both kinds of step
 
 
+def summarize(per: np.ndarray, n_boot: int = 1000, seed: int = 0) -> SRAResult:
+    """Mean of ``[n, ...]`` per-trace SRA (NaN when n = 0) with a bootstrap CI (none when n_boot=0)."""
+    mean = per.mean(axis=0) if len(per) else np.full(per.shape[1:], np.nan)
+    low, high = bootstrap_ci(per, n_boot, seed=seed) if n_boot else (mean, mean)
+    return SRAResult(mean, low, high, len(per))
+
+
 def sra(scores: list[np.ndarray], codes: list[np.ndarray], n_boot: int = 1000, seed: int = 0,
         shape: tuple[int, ...] = ()) -> SRAResult:
     """Mean per-trace SRA (NaN where no trace has pairs) with a bootstrap CI (none when n_boot=0)."""
-    per, kept = per_trace_sra(scores, codes, shape)
-    mean = per.mean(axis=0) if len(kept) else np.full(per.shape[1:], np.nan)
-    low, high = bootstrap_ci(per, n_boot, seed=seed) if n_boot else (mean, mean)
-    return SRAResult(mean, low, high, len(kept))
+    return summarize(per_trace_sra(scores, codes, shape)[0], n_boot, seed)
+
+
+def has_pairs(codes: np.ndarray) -> bool:
+    """Does the trace have a critical and a redundant step (so SRA can use it)?"""
+    codes = np.asarray(codes)
+    return bool((codes == 1).any() and (codes == 0).any())
 
 
 def redundant_first(codes: np.ndarray) -> bool:
@@ -107,23 +117,28 @@ def baseline_scores(name: str, step_lengths: list[int], rng: np.random.Generator
     raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
 
 
+def baseline_step_scores(step_lengths: list[list[int]], seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Every trivial ranker's ``[1, K]`` scores of every trace (the random one seeded)."""
+    rng = np.random.default_rng(seed)
+    return {name: [baseline_scores(name, lengths, rng) for lengths in step_lengths] for name in BASELINES}
+
+
 def baselines(codes: list[np.ndarray], step_lengths: list[list[int]], n_boot: int = 1000,
               seed: int = 0) -> dict[str, dict]:
     """SRA (+CI) of each trivial ranker on all traces and on the redundant-first subset."""
-    rng = np.random.default_rng(seed)
     subset = [i for i, c in enumerate(codes) if redundant_first(c)]
     out = {}
-    for name in BASELINES:
-        s = [baseline_scores(name, lengths, rng) for lengths in step_lengths]
+    for name, s in baseline_step_scores(step_lengths, seed).items():
         full = sra(s, codes, n_boot, seed, shape=(1,))
         sub = sra([s[i] for i in subset], [codes[i] for i in subset], n_boot, seed, shape=(1,))
-        out[name] = {"sra": _num(full.sra[0]), "ci_low": _num(full.ci_low[0]), "ci_high": _num(full.ci_high[0]),
-                     "n_traces": full.n_traces, "sra_redundant_first": _num(sub.sra[0]),
+        out[name] = {"sra": json_float(full.sra[0]), "ci_low": json_float(full.ci_low[0]),
+                     "ci_high": json_float(full.ci_high[0]),
+                     "n_traces": full.n_traces, "sra_redundant_first": json_float(sub.sra[0]),
                      "n_traces_redundant_first": sub.n_traces}
     return out
 
 
-def _num(x) -> float | None:
+def json_float(x) -> float | None:
     """A float for JSON, None for NaN."""
     x = float(x)
     return None if np.isnan(x) else x
@@ -155,6 +170,8 @@ class Discovery:
     discovery_ids: list[int]
     held_out_ids: list[int]
     baselines: dict[str, dict]  # trivial rankers on the held-out split
+    held_out_per_trace: np.ndarray  # [n, L, H] per-trace SRA of the held-out traces that have pairs
+    baselines_per_trace: dict[str, np.ndarray]  # [n] per-trace SRA of each trivial ranker, same traces
 
 
 def split(n: int, discovery_frac: float, seed: int) -> tuple[list[int], list[int]]:
@@ -170,18 +187,27 @@ def split(n: int, discovery_frac: float, seed: int) -> tuple[list[int], list[int
 
 def discover(scores: list[np.ndarray], codes: list[np.ndarray], step_lengths: list[list[int]], top_n: int = 3,
              discovery_frac: float = 0.5, seed: int = 0, n_boot: int = 1000) -> Discovery:
-    """Select the top-N heads by SRA on a discovery split, report SRA on the held-out split."""
-    disc, held = split(len(scores), discovery_frac, seed)
+    """Select the top-N heads by SRA on a discovery split, report SRA on the held-out split.
+
+    Only traces with both kinds of step are split (the others have no SRA on either side).
+    """
+    valid = [i for i, c in enumerate(codes) if has_pairs(c)]
+    if len(valid) < 2:
+        raise ValueError(f"only {len(valid)} of {len(codes)} traces have both critical and redundant steps; at least "
+                         "2 are needed to rank heads on one split and test them on another (more traces, or "
+                         "another labels source)")
+    disc, held = ([valid[i] for i in part] for part in split(len(valid), discovery_frac, seed))
     shape = np.asarray(scores[0]).shape[:-1]
     d = sra([scores[i] for i in disc], [codes[i] for i in disc], n_boot=0, shape=shape)
-    if d.n_traces == 0:
-        raise ValueError(f"none of the {len(disc)} discovery traces has both critical and redundant steps; "
-                         "cannot rank heads (more traces, or another labels source)")
-    h = sra([scores[i] for i in held], [codes[i] for i in held], n_boot=n_boot, seed=seed, shape=shape)
+    held_codes, held_lengths = [codes[i] for i in held], [step_lengths[i] for i in held]
+    per_held = per_trace_sra([scores[i] for i in held], held_codes, shape)[0]
+    h = summarize(per_held, n_boot, seed)
     sub = [i for i in held if redundant_first(codes[i])]
     hs = sra([scores[i] for i in sub], [codes[i] for i in sub], n_boot=0, shape=shape)
-    base = baselines([codes[i] for i in held], [step_lengths[i] for i in held], n_boot=n_boot, seed=seed)
-    return Discovery(top_heads(d.sra, top_n), d, h, hs, disc, held, base)
+    base = baselines(held_codes, held_lengths, n_boot=n_boot, seed=seed)
+    base_per = {name: per_trace_sra(s, held_codes, (1,))[0][:, 0]
+                for name, s in baseline_step_scores(held_lengths, seed).items()}
+    return Discovery(top_heads(d.sra, top_n), d, h, hs, disc, held, base, per_held, base_per)
 
 
 def sra_table(result: Discovery) -> list[dict]:

@@ -31,6 +31,8 @@ SETTINGS = ("n_traces", "m", "mode", "n_samples", "temperature", "traces")
 
 
 def show(result: dict, name: str) -> None:
+    for warning in result.get("warnings", []):  # why the bars may show nothing (analyses.ablation)
+        st.warning(warning)
     fig = ablation_figure(result)
     st.plotly_chart(fig, key=f"fig-{name}")
     figure_downloads(fig, name)
@@ -44,6 +46,11 @@ def show(result: dict, name: str) -> None:
                                         **{f"{c} removed": r["removed"][c] for c in r["removed"]},
                                         **{f"{c} correct": r["correct"][c] for c in r["correct"]}}
                                        for r in result["per_trace"]]), hide_index=True, key=f"per-trace-{name}")
+    answers = [{"trace": r["trace_id"], "steps removed": c, "correct": a["correct"], "answer": a["text"]}
+               for r in result.get("per_trace") or [] for c, kept in r.get("answers", {}).items() for a in kept]
+    if answers:
+        with st.expander(f"Sampled answers ({len(answers)} kept, with the verifier's verdict)"):
+            st.dataframe(pd.DataFrame(answers), hide_index=True, key=f"answers-{name}")
 
 
 def ablate(job: jobs.Job, loaded: LoadedModel, lock: Lock, ws: Workspace, heads: list[Head], n_traces: int, m: int,

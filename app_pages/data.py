@@ -25,6 +25,7 @@ from safetensors.numpy import load_file
 
 from analyses.labels import get_labels, label_codes
 from analyses.sra import discover, sra_table
+from analyses.verdict import verdict
 from app_pages.results import TRACE_FILES
 from workbench.heads import Head, model_shape
 from workbench.kfh import load_kfh
@@ -88,6 +89,7 @@ class Workspace:
     kfh: list[Head]  # the KFHs chosen by discovery (the default selection)
     settings: dict = field(default_factory=dict)
     baselines: dict | None = None  # trivial rankers (baselines.json)
+    verdict: dict | None = None  # do the KFHs beat the trivial rankers (analyses.verdict, baselines.json)
     run_dir: Path | None = None
     records: list[TraceRecord] | None = None  # token-level traces, when computed in this process
     missing: list[str] = field(default_factory=list)  # run files absent, without which there are no traces
@@ -163,7 +165,8 @@ def analyse(loaded: LoadedModel, records: list[TraceRecord], labels_spec: str, s
     org = organism_of(loaded.tokenizer)
     return Workspace(source, loaded.name, loaded.fingerprint, n_layers, n_heads,
                      [_view(r, x, preset, org) for r, x in zip(records, labels)], arrays,
-                     pd.DataFrame(sra_table(result)), result.heads, settings, result.baselines, records=records)
+                     pd.DataFrame(sra_table(result)), result.heads, settings, result.baselines,
+                     verdict(result, n_boot=n_boot, seed=seed), records=records)
 
 
 def organism_records(loaded: LoadedModel, n: int, seed: int, report: Report) -> list[TraceRecord]:
@@ -250,10 +253,10 @@ def run_workspace(run_dir: str | Path) -> Workspace:
     if absent:
         raise ValueError(f"{run_dir / 'sra.csv'}: missing column(s) {', '.join(absent)}")
     sel = load_kfh(run_dir / "kfh.json")
-    baselines = run_dir / "baselines.json"
+    summary = json.loads((run_dir / "baselines.json").read_text()) if (run_dir / "baselines.json").is_file() else {}
     ws = Workspace(f"run {run_dir}", sel.model, sel.fingerprint, sel.n_layers, sel.n_heads, [], [], table, sel.heads,
-                   sel.settings, json.loads(baselines.read_text()).get("baselines") if baselines.is_file() else None,
-                   run_dir=run_dir, missing=[f for f in TRACE_FILES if not (run_dir / f).is_file()])
+                   sel.settings, summary.get("baselines"), summary.get("verdict"), run_dir=run_dir,
+                   missing=[f for f in TRACE_FILES if not (run_dir / f).is_file()])
     if not ws.missing:
         preset = sel.settings.get("preset") or ("organism" if sel.model in ORGANISMS else "r1")
         ws.traces, ws.scores = _run_traces(run_dir, sel.n_layers, sel.n_heads, sel.model, preset)

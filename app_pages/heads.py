@@ -74,6 +74,8 @@ if not ws.has_traces:
     st.info(f"Showing the head table of {ws.run_dir}: it lacks {' and '.join(ws.missing)}, which the trace viewer, "
             "the token view and the per-head examples need. `python experiments/discover_heads.py --out DIR` writes "
             "them; `experiments/reproduce.py` publishes them beside the table when they are small.")
+for line in (ws.verdict or {}).get("lines", []):  # do discovery's KFHs beat the trivial rankers (analyses.verdict)
+    (st.success if ws.verdict["beats_rankers"] and not line.startswith("WARNING") else st.warning)(line)
 
 # --- selection: top-N by discovery SRA, then add / remove by hand (or click the heatmap, tick the table) ---
 names = [head_name(h) for h in ws.top(n_total)]  # best first by discovery SRA

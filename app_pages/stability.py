@@ -25,11 +25,11 @@ from app_pages.glossary import page_header
 from app_pages.provenance import show_provenance, show_result_file
 from app_pages.results import Provenance
 from app_pages.state import USER_ERRORS, model_or_error, results, selected_heads, settings, workspace
-from experiments.stability import supervised_finetune
 from workbench.heads import Head
 from workbench.models import LoadedModel, load_model
 from workbench.provenance import stamp
 from workbench.tracing import ScoreCache, trace_step_scores
+from workbench.training.sft import supervised_finetune
 from workbench.training.state import list_checkpoints
 
 SETTINGS = ("n_traces", "labels", "top_n", "traces")

@@ -25,11 +25,11 @@ from app_pages import jobs
 from app_pages.data import Workspace, default_n_traces, organism_workspace, run_records, run_workspace, \
     upload_workspace
 from app_pages.results import ResultsFolder, results_folder
+from workbench.cli import USER_ERRORS
 from workbench.heads import Head, head_name, parse_head
 from workbench.models import LoadedModel, load_model
 from workbench.traces import TraceRecord, is_organism
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError, ImportError)
 VIEW_KEYS = ("model", "run", "results", "kfh", "head", "trace", "split")  # query parameters of a shared link
 
 

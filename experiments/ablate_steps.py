@@ -1,34 +1,38 @@
 """Step ablation: remove the m highest / lowest / random KFH-score steps of correct traces, measure pass@k.
 
-    python experiments/ablate_steps.py --model organism --kfh runs/discover/kfh.json --out runs/ablate
-    python experiments/ablate_steps.py --model organism --kfh runs/discover/kfh.json --mode continue --out ...
+    python experiments/ablate_steps.py --model organism --kfh runs/kfh/kfh.json --out runs/ablate
+    python experiments/ablate_steps.py --model organism --kfh runs/kfh/kfh.json --mode continue --out ...
+    python experiments/ablate_steps.py --model smollm2 --kfh runs/kfh-smollm2/kfh.json --out runs/ablate-smollm2
 
-Writes ablation.json {"n_traces", "m", "conditions": {"none"|"high"|"low"|"random": {"pass@k": ..}}, ...,
-"model", "fingerprint", "created", "kfh", "traces"} and figures/ablation.*.
+Traces default as in discover_heads.py (the bundled R1 traces for a model that is not an organism);
+only correct ones are ablated.  Finished traces are cached in OUT/cache, so rerunning a killed
+command resumes.  Writes ablation.json {"n_traces", "m", "conditions": {"none"|"high"|"low"|"random":
+{"pass@k": ..}}, "warnings", "per_trace": [{"removed", "correct", "answers"}, ...], ..., "model",
+"fingerprint", "created", "kfh", "traces"} and figures/ablation.*.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from analyses.ablation import MODES, ablation_figure, run_ablation
 from analyses.figures import save_figure
+from workbench.cache import JsonCache, add_cache_arguments, cache_dir
+from workbench.cli import run_command
 from workbench.kfh import load_kfh
-from workbench.models import LoadedModel, load_model
+from workbench.models import LoadedModel, add_model_arguments, model_from_args
 from workbench.provenance import stamp
-from workbench.traces import add_trace_arguments, traces_from_args, verifier_for
-from workbench.tracing import trace_step_scores
+from workbench.traces import add_trace_arguments, check_trace_arguments, traces_from_args, verifier_for
+from workbench.tracing import ScoreCache, trace_step_scores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="organism")
-    p.add_argument("--device", default=None)
+    add_model_arguments(p)
     p.add_argument("--kfh", required=True, type=Path, help="kfh.json written by discover_heads.py for this model")
     p.add_argument("--out", required=True, type=Path)
     add_trace_arguments(p, n_traces=100)
@@ -42,22 +46,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verifier", default=None, help="organism | math (default: organism for the organism)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32, help="answers sampled at once")
+    p.add_argument("--keep-answers", type=int, default=4,
+                   help="answers kept per trace and condition in ablation.json, with their verdicts")
+    add_cache_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> dict:
     """Run the study; ``loaded`` (optional) is the model ``--model`` names, already loaded."""
     args = parse_args(argv)
-    loaded = loaded or load_model(args.model, device=args.device)
+    check_trace_arguments(args, args.model)
+    loaded = loaded or model_from_args(args)
     sel = load_kfh(args.kfh, loaded)
     verifier = verifier_for(loaded, args.verifier)
     # a seed apart from discovery's default, so these are fresh problems for the organism sampler
     records = traces_from_args(args, loaded, correct_only=True, seed=args.seed + 1_000_003)
-    scores = trace_step_scores(loaded, [r.item() for r in records], heads=sel.heads, progress=True)
+    folder = cache_dir(args)
+    scores = trace_step_scores(loaded, [r.item() for r in records], heads=sel.heads, progress=True,
+                               cache=folder and ScoreCache(folder))
     step_scores = [s.numpy().mean(axis=0) for s in scores]
     result = run_ablation(loaded, records, step_scores, args.m, verifier, n_samples=args.n_samples, ks=tuple(args.k),
                           mode=args.mode, temperature=args.answer_temperature,
-                          max_new_tokens=args.answer_max_new_tokens, seed=args.seed, batch_size=args.batch_size)
+                          max_new_tokens=args.answer_max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                          cache=folder and JsonCache(folder), keep_answers=args.keep_answers)
     result.update(stamp(loaded), kfh=sel.names, traces={"source": args.traces, "n_traces": args.n_traces,
                                                           "seed": args.seed + 1_000_003, "correct_only": True})
     args.out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +78,8 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
           f"on {result['n_traces']} correct traces:")
     for cond, row in result["conditions"].items():
         print(f"  {cond:>6}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+    for line in result["warnings"]:
+        print(f"WARNING: {line}")
     return result
 
 
@@ -75,4 +88,4 @@ def _fmt(v) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(run_command(main))

@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from analyses.figures import save_figure
 from analyses.methods import RunFiles, check_claims, curves_figure, dynamics_table, markdown_table, method_table, \
     run_row, tokens_accuracy_figure
 from experiments import ablate_steps, discover_heads, stability
+from workbench.cli import run_command
 from workbench.config import Config, load_config
 from workbench.models import load_model
 from workbench.training.loop import train
@@ -398,4 +398,4 @@ def render_report(summary: dict, table: list[dict], claims, dynamics: str, out: 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(run_command(main))

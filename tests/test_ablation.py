@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.ablation import (ablated_prefix, ablation_figure, choose_steps, pass_at_k, resolve_m, run_ablation,
-                               sample_continuations)
+import analyses.ablation
+from analyses.ablation import (ablated_prefix, ablation_figure, ablation_warnings, choose_steps, pass_at_k, resolve_m,
+                               run_ablation, sample_continuations)
+from workbench.cache import JsonCache
 from workbench.traces import reference_organism
 from workbench.verifiers import grade_organism
 
@@ -111,6 +113,43 @@ def test_ablation_figure_has_ci_error_bars_over_traces():
     none = next(t for t in fig.data if t.name.startswith("none"))
     assert list(none.error_y.array) == [0.0, 0.0]  # every trace the same: no spread
     assert not ablation_figure({**result, "per_trace": []}).data[0].error_y.visible  # shipped files without rows
+
+
+def test_ablation_keeps_answers_and_warns_when_intact_fails(tiny_qwen2):
+    """A random model fails every answer: the result says so, and the answers are there to look at."""
+    refs = reference_organism(tiny_qwen2.tokenizer, 2, seed=6)
+    scores = [np.arange(r.n_steps, dtype=float) for r in refs]
+    res = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=4, ks=(1, 4), max_new_tokens=6,
+                       progress=False, keep_answers=3)
+    assert res["conditions"]["none"]["pass@4"] == 0
+    assert len(res["warnings"]) == 1 and "intact condition (no step removed) is already at 0" in res["warnings"][0]
+    for row in res["per_trace"]:
+        for cond, answers in row["answers"].items():
+            assert len(answers) == 3 and all(a["correct"] is False and a["text"].startswith("</think>")
+                                             for a in answers)
+    assert ablation_warnings({"none": {"pass@1": 0.25, "n_traces": 2}}, "forced") == []
+    every_one_skipped = run_ablation(tiny_qwen2, refs, scores, 50, grade_organism, n_samples=4, ks=(1,),
+                                     progress=False)
+    assert every_one_skipped["warnings"] == ["all 2 traces have at most m=50 removable steps and were skipped: "
+                                             "lower --m"]
+
+
+def test_ablation_resumes_from_its_cache(tiny_qwen2, tmp_path, monkeypatch):
+    """Each trace is seeded on its own, so a run cut after one trace and resumed from the cache samples only
+    the rest and gives what an uncached run gives."""
+    refs = reference_organism(tiny_qwen2.tokenizer, 3, seed=7)
+    scores = [np.arange(r.n_steps, dtype=float)[::-1] for r in refs]
+    kw = {"n_samples": 4, "ks": (1, 2), "max_new_tokens": 6, "temperature": 1.0, "seed": 3, "progress": False}
+    whole = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, **kw)
+    calls = []
+    real = analyses.ablation.sample_continuations
+    monkeypatch.setattr(analyses.ablation, "sample_continuations", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = JsonCache(tmp_path / "cache")
+    run_ablation(tiny_qwen2, refs[:1], scores[:1], 1, grade_organism, cache=cache, **kw)  # then "killed"
+    assert len(calls) == 4  # one trace x 4 conditions
+    resumed = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, cache=cache, **kw)
+    assert len(calls) == 4 + 2 * 4  # only the two unfinished traces were sampled
+    assert resumed == whole
 
 
 def test_head_ablation_matches_plain_hooks(tiny_qwen2):

@@ -171,6 +171,7 @@ def test_the_organism_trace_pool_grows_and_is_kept_on_disk(organism, monkeypatch
     for a, b in zip(again.scores, first.scores):
         np.testing.assert_array_equal(a, b)
     pd.testing.assert_frame_equal(again.table, first.table)
+    assert first.verdict["n_held_out"] == first.settings["n_held_out"] and first.verdict["lines"]
 
     more = data.organism_records(organism, 9, seed=3, report=lambda *r: None)  # only the 3 it lacks
     assert requested == [6, 3] and [r.trace_id for r in more][:6] == [t.trace_id for t in first.traces]
@@ -484,6 +485,9 @@ def test_run_directory_from_the_command_line(discover_run, monkeypatch, no_sampl
     clean(at)
     assert at.text_input(key="run_dir").value == str(discover_run)
     assert any(f"run {discover_run}" in c.value for c in at.main.caption)
+    lines = json.loads((discover_run / "baselines.json").read_text())["verdict"]["lines"]  # what the script printed
+    shown = [w.value for w in at.warning] + [m.value for m in at.success]
+    assert lines and all(line in shown for line in lines) and any("held-out" in line for line in lines)
     table = pd.read_csv(discover_run / "sra.csv")
     z = array(chart(at)["data"][0]["z"])
     for row in table.itertuples():
@@ -538,7 +542,7 @@ def test_a_folder_without_a_discovery_does_not_sample_silently(tmp_path, no_samp
 def test_result_files_say_what_made_them_and_warn_on_other_heads_or_model(organism, discover_run, tmp_path,
                                                                           no_sampling):
     from experiments import ablate_steps, stability
-    from experiments.stability import supervised_finetune
+    from workbench.training.sft import supervised_finetune
     from workbench.models import load_model
     from workbench.traces import reference_organism
 
@@ -579,6 +583,23 @@ def test_result_files_say_what_made_them_and_warn_on_other_heads_or_model(organi
     switch(at, "app_pages/tokens.py")  # token attention needs the traces' own model: said, not raised
     clean(at)
     assert "scored with model 'organism'" in texts(at.info)
+
+
+def test_ablation_page_shows_the_files_warnings_and_sampled_answers(organism, discover_run, tmp_path, no_sampling):
+    """Answers cut at one token all fail: the page says why the bars are at 0 and shows the answers."""
+    from experiments import ablate_steps
+
+    run = tmp_path / "results"
+    result = ablate_steps.main(["--kfh", str(discover_run / "kfh.json"), "--n-traces", "2", "--n-samples", "2",
+                                "--k", "1", "2", "--answer-max-new-tokens", "1", "--out", str(run)], loaded=organism)
+    assert result["warnings"] and result["conditions"]["none"]["pass@2"] == 0
+    at = switch(start(run_dir=run), "app_pages/ablation.py")
+    clean(at)
+    assert all(w in texts(at.warning) for w in result["warnings"])
+    answers = at.dataframe[-1].value
+    kept = [a for row in result["per_trace"] for c in row["answers"].values() for a in c]
+    assert len(answers) == len(kept) == 2 * 4 * 2 and not answers["correct"].any()
+    assert list(answers["answer"]) == [a["text"] for a in kept]
 
 
 def test_unreadable_run_files_are_named_not_raised(tmp_path):

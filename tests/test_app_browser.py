@@ -48,10 +48,12 @@ def chromium(profile: Path, *args: str, budget_ms: int = 15000) -> str:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
            f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=budget_ms / 1000 + 90).stdout
-    except subprocess.TimeoutExpired as e:
-        return e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return proc.communicate(timeout=budget_ms / 1000 + 90)[0]
+    except subprocess.TimeoutExpired:  # kill its whole group: its renderers would keep the profile locked
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate(timeout=30)[0] or ""  # what it printed before, kept by the first try
 
 
 def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
@@ -102,7 +104,7 @@ def test_app_serves_the_heatmap_in_a_real_browser(tmp_path):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            server.wait(timeout=20)
 
 
 # --- every page of the shipped results, and a click on the heatmap (Selenium) ---------------------------
@@ -132,7 +134,7 @@ def served(tmp_path: Path, *args: str):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            server.wait(timeout=20)
 
 
 @contextlib.contextmanager

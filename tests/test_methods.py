@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from analyses.methods import RunFiles, check_claims, dynamics_table, markdown_table, method_table, run_row
+from analyses.methods import RunFiles, check_claims, dynamics_table, markdown_table, method_table, run_row, \
+    tokens_accuracy_figure
 
 
 def run(method, seed, tokens, acc, crit=2.0, precision=None, start_tokens=100.0):
@@ -61,14 +62,14 @@ def test_claims_follow_the_numbers():
     stable = [{"pearson_step_scores": [1.0, 0.93, 0.90]}]
     good = table_of({"tlmre": (80, 0.85), "attnpo_pos": (45, 0.88), "attnpo": (40, 0.92), "oracle": (35, 0.93)})
     verdicts = {c.claim.split(" (")[0][:20]: c.verdict for c in check_claims(good, ablation, stable)}
-    assert list(verdicts.values()) == ["holds"] * 6, verdicts
+    assert list(verdicts.values()) == ["holds"] * 7, verdicts
 
     bad = table_of({"tlmre": (40, 0.92), "attnpo_pos": (90, 0.80), "attnpo": (80, 0.70), "oracle": (90, 0.60)})
     unstable = [{"pearson_step_scores": [1.0, 0.5]}]
     swapped = {"conditions": {"none": {"pass@1": 0.95}, "high": {"pass@1": 0.9}, "low": {"pass@1": 0.5}}}
     verdicts = [c.verdict for c in check_claims(bad, swapped, unstable)]
     # AttnPO is longer than TLMRE here, so it has no shortening of its own for Pos-Adv to account for
-    assert verdicts == ["does not hold", "not testable"] + ["does not hold"] * 4, verdicts
+    assert verdicts == ["does not hold", "not testable"] + ["does not hold"] * 5, verdicts
 
     weak_pos = table_of({"tlmre": (80, 0.85), "attnpo_pos": (70, 0.88), "attnpo": (40, 0.92)})
     (pos,) = [c for c in check_claims(weak_pos, None, []) if c.claim.startswith("Pos-Adv alone")]
@@ -184,3 +185,25 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     # a second call finds every stage done and only rewrites the report from the same files
     again = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2"])
     assert json.dumps(again["methods"]) == json.dumps(summary["methods"])  # NaN-safe comparison
+
+
+def test_power_check_needs_the_oracle_to_dominate_tlmre():
+    def verdict(oracle, tlmre):
+        (c,) = [c for c in check_claims(table_of({"tlmre": tlmre, "oracle": oracle}), None, [])
+                if c.claim.startswith("Power check")]
+        return c.verdict
+
+    assert verdict((60, 0.90), (60, 0.80)) == "holds"  # more accurate at the same length
+    assert verdict((40, 0.85), (60, 0.85)) == "holds"  # shorter beyond the seed spread at the same accuracy
+    assert verdict((61, 0.85), (60, 0.85)) == "within noise"
+    assert verdict((70, 0.90), (60, 0.80)) == "within noise"  # a trade, not dominance
+    assert verdict((60, 0.80), (60, 0.90)) == "does not hold"
+
+
+def test_tokens_accuracy_figure_draws_every_run_and_the_method_means():
+    rows = [run_row(run(m, s, 50.0 + s, 0.9)) for m in ("tlmre", "oracle") for s in range(3)]
+    fig = tokens_accuracy_figure(method_table(rows, ["tlmre", "oracle"]), rows)
+    points = [t for t in fig.data if t.mode == "markers"]
+    assert [len(t.x) for t in points] == [3, 3]  # one point per run, per method
+    means = [t for t in fig.data if t.mode == "markers+text" and t.name != "start"]
+    assert [t.x[0] for t in means] == [51.0, 51.0]

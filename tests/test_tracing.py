@@ -15,8 +15,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from workbench.heads import kv_head, model_shape
 from workbench.models import LoadedModel
 from workbench.organism import task
-from workbench.tracing import ScoreCache, StepScoreRecorder, TraceItem, answer_attention, answer_step_scores, \
-    trace_step_scores
+from workbench.tracing import (ScoreCache, StepScoreRecorder, TraceItem, answer_attention, answer_step_scores,
+                               token_batches, trace_step_scores)
 from workbench.tracing import backends
 
 BACKENDS = ["native", "nnsight", "transformer_lens", "eager"]
@@ -305,3 +305,25 @@ def test_cache_hits_without_retracing(tiny_qwen2, tmp_path, monkeypatch):
             ScoreCache.key(tiny_qwen2.fingerprint, TraceItem(items[0].input_ids, items[0].steps[1:],
                                                              items[0].answer), None)}
     assert len(keys) == 4
+
+
+# ---------------------------------------------------------------- batching and progress
+
+def test_token_batches_bound_items_and_padded_tokens():
+    lengths = [5000, 100, 3000, 120, 4000, 110, 9000]
+    batches = token_batches(lengths, batch_size=2, batch_tokens=8192)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [[lengths[i] for i in b] for b in batches] == [[100, 110], [120, 3000], [4000], [5000], [9000]]
+    assert token_batches(lengths, batch_size=8, batch_tokens=8192)[0] == [1, 5, 3]  # short ones share a batch
+
+
+def test_progress_counts_traces_tokens_per_second_and_cache_hits(tiny_qwen2, tmp_path, capsys):
+    items = items_for(tiny_qwen2)
+    cache = ScoreCache(tmp_path)
+    trace_step_scores(tiny_qwen2, items[:2], cache=cache, progress=True)
+    err = capsys.readouterr().err
+    assert f"{2}/{2} traces" in err and "tok/s" in err and "reused" not in err
+    trace_step_scores(tiny_qwen2, items, cache=cache, progress=True)
+    err = capsys.readouterr().err
+    assert f"tracing: 2 of {len(items)} traces reused from the cache" in err
+    assert f"tracing {len(items) - 2} traces" in err and f"{len(items) - 2}/{len(items) - 2} traces" in err

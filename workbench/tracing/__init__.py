@@ -9,6 +9,8 @@ few heads (the app's token-level view).
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from tqdm import tqdm
 
@@ -21,18 +23,35 @@ from workbench.tracing.items import TraceItem, check_item
 from workbench.tracing.native import StepScoreRecorder
 from workbench.tracing.reduce import answer_step_scores, span_means
 
-__all__ = ["TraceItem", "trace_step_scores", "answer_attention", "StepScoreRecorder", "ScoreCache",
+__all__ = ["TraceItem", "trace_step_scores", "token_batches", "answer_attention", "StepScoreRecorder", "ScoreCache",
            "answer_step_scores", "span_means", "BACKENDS"]
 
 
+BATCH_TOKENS = 8192  # padded tokens a tracing batch holds at most: long traces go one or two at a time
+
+
+def token_batches(lengths: list[int], batch_size: int, batch_tokens: int = BATCH_TOKENS) -> list[list[int]]:
+    """Indices of ``lengths`` in batches, shortest first: at most ``batch_size`` items and
+    ``batch_tokens`` padded tokens a batch (an item longer than that goes alone)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[i] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def trace_step_scores(model, items: list[TraceItem], heads: list[Head] | None = None, backend: str = "native",
-                      batch_size: int = 8, cache: ScoreCache | None = None,
-                      progress: bool = False) -> list[torch.Tensor]:
+                      batch_size: int = 8, cache: ScoreCache | None = None, progress: bool = False,
+                      batch_tokens: int = BATCH_TOKENS) -> list[torch.Tensor]:
     """One float32 CPU tensor per item: [L, H, K] for all heads (``heads=None``), else [len(heads), K].
 
     ``model`` is a ``LoadedModel`` or a bare HF model (the nnsight and transformer_lens backends
     need the tokenizer, so give them a ``LoadedModel``).  Bad items raise ValueError naming the
-    trace id before anything runs.
+    trace id before anything runs.  With a ``cache``, every finished trace is stored at once, so
+    a killed call loses at most the batch in flight; ``progress`` shows traces done, tokens/s
+    and the time left, and says how many traces came from the cache.
     """
     loaded = model if isinstance(model, LoadedModel) else None
     hf = loaded.model if loaded else model
@@ -51,15 +70,27 @@ def trace_step_scores(model, items: list[TraceItem], heads: list[Head] | None = 
         fingerprint = loaded.fingerprint if loaded else model_fingerprint(hf)
         keys = [cache.key(fingerprint, it, None if heads is None else chosen) for it in items]
         results = [cache.get(k) for k in keys]
-    todo = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(items[i].input_ids))
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if progress and cache is not None and len(todo) < len(items):
+        tqdm.write(f"tracing: {len(items) - len(todo)} of {len(items)} traces reused from the cache in {cache.dir}",
+                   file=sys.stderr)
+    batches = [[todo[j] for j in b] for b in token_batches([len(items[i].input_ids) for i in todo], batch_size,
+                                                           batch_tokens)]
     layers, n_heads, _ = model_shape(hf.config)
     run = BACKENDS[backend](hf, tokenizer, [[items[i] for i in b] for b in batches], chosen)
-    for batch, scores in zip(batches, tqdm(run, total=len(batches), disable=not progress, desc="tracing")):
+    bar = tqdm(total=sum(len(items[i].input_ids) for i in todo), unit="tok", unit_scale=True,
+               disable=not (progress and todo), desc=f"tracing {len(todo)} traces", smoothing=0.1)
+    done = 0
+    bar.set_postfix_str(f"0/{len(todo)} traces")
+    for batch, scores in zip(batches, run):
         for i, s in zip(batch, scores):
             if not torch.isfinite(s).all():
                 raise ValueError(f"trace {items[i].trace_id!r}: NaN/inf in the step scores")
             results[i] = s.reshape(layers, n_heads, -1) if heads is None else s
             if cache is not None:
                 cache.put(keys[i], results[i])
+        done += len(batch)
+        bar.set_postfix_str(f"{done}/{len(todo)} traces", refresh=False)
+        bar.update(sum(len(items[i].input_ids) for i in batch))
+    bar.close()
     return results
