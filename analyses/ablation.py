@@ -18,6 +18,7 @@ import copy
 import sys
 import time
 import zlib
+from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -31,6 +32,9 @@ from workbench.verifiers import Verifier
 
 ABLATION_VERSION = 1  # bump when a cached per-trace result would change meaning
 CONDITIONS = ("none", "high", "low", "random")
+CONDITION_COLOURS = {"none": "#7f7f7f", "high": "#d62728", "low": "#1f77b4", "random": "#ff7f0e"}
+CONDITION_WORDS = {"none": "none (the whole trace)", "high": "the m highest-score steps",
+                   "low": "the m lowest-score steps", "random": "m random steps"}
 CACHE_TOKENS = 16384  # rows x prefix tokens held in one repeated KV cache: bounds memory on long traces
 MODES = ("forced", "continue")
 
@@ -148,12 +152,14 @@ def ablate_trace(loaded: LoadedModel, r: TraceRecord, s: np.ndarray, m_r: int, v
 def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: list[np.ndarray], m: float,
                  verifier: Verifier, n_samples: int = 32, ks: tuple[int, ...] = (1, 4, 16, 32), mode: str = "forced",
                  temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 32,
-                 progress: bool = True, cache: JsonCache | None = None, keep_answers: int = 4) -> dict:
+                 progress: bool = True, cache: JsonCache | None = None, keep_answers: int = 4,
+                 on_progress: Callable[[int, int], None] | None = None) -> dict:
     """pass@k per condition over the traces with more than m removable steps (ablation.json content).
 
     ``step_scores[i]`` is trace i's per-step KFH score ``[K]``; ``max_new_tokens`` defaults to
     2|F| + 8 in forced mode and to the trace's own response length + 2|F| + 8 when continuing.
     ``warnings`` in the result flags an intact condition already at 0, or every trace skipped.
+    ``on_progress(done, total)`` is called before each trace and at the end (it may raise to stop early).
     """
     m = int(m) if float(m).is_integer() else float(m)  # "m": 2 in the JSON, not 2.0
     if any(k > n_samples for k in ks):
@@ -162,7 +168,9 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
     per_trace, skipped, reused = [], [], 0
     bar = tqdm(total=len(records), unit="trace", desc=f"ablating steps ({mode})", disable=not progress)
     t0, sampled = time.monotonic(), 0
-    for r, s in zip(records, step_scores):
+    for i, (r, s) in enumerate(zip(records, step_scores)):
+        if on_progress is not None:
+            on_progress(i, len(records))
         s = np.asarray(s, dtype=np.float64)
         if len(s) != r.n_steps:
             raise ValueError(f"trace {r.trace_id!r}: {len(s)} step scores for {r.n_steps} steps")
@@ -191,6 +199,8 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
         bar.set_postfix_str(f"{sampled / max(time.monotonic() - t0, 1e-9):.1f} sampled tok/s", refresh=False)
         bar.update(1)
     bar.close()
+    if on_progress is not None:
+        on_progress(len(records), len(records))
     if progress and reused:
         tqdm.write(f"ablation: {reused} of {len(per_trace)} traces reused from the cache in {cache.dir}",
                    file=sys.stderr)
@@ -217,14 +227,32 @@ def ablation_warnings(conditions: dict, mode: str, m: float = 1, n_skipped: int 
     return []
 
 
+def per_trace_ci(result: dict, z: float = 1.96) -> dict[str, dict[int, float | None]]:
+    """Half-width of a normal-approximation 95% CI of each condition's pass@k, over traces
+    (None when ``per_trace`` is absent or holds fewer than two traces)."""
+    rows, n = result.get("per_trace") or [], result["n_samples"]
+    out: dict[str, dict[int, float | None]] = {}
+    for cond in CONDITIONS:
+        counts = [row["correct"][cond] for row in rows if cond in row.get("correct", {})]
+        out[cond] = {k: (float(z * np.std([pass_at_k(n, c, k) for c in counts], ddof=1) / np.sqrt(len(counts)))
+                         if len(counts) > 1 else None) for k in result["ks"]}
+    return out
+
+
 def ablation_figure(result: dict) -> go.Figure:
-    """pass@k of each condition, grouped by k."""
+    """pass@k of each condition, grouped by k, with 95% CIs over traces when per-trace counts are there."""
     ks = result["ks"]
+    ci = per_trace_ci(result)
     fig = go.Figure()
     for cond in CONDITIONS:
         c = result["conditions"][cond]
-        fig.add_trace(go.Bar(name=cond, x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks]))
-    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="pass@k",
-                      title=f"Step ablation ({result['mode']}, m={result['m']}, {result['n_traces']} traces, "
-                            f"n={result['n_samples']})", legend_title="removed steps")
+        errors = [ci[cond][k] for k in ks]
+        fig.add_trace(go.Bar(name=CONDITION_WORDS[cond], x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks],
+                             marker_color=CONDITION_COLOURS[cond],
+                             error_y={"type": "data", "array": errors, "visible": any(e is not None for e in errors)},
+                             hovertemplate="%{x}: %{y:.3f}<extra>" + cond + "</extra>"))
+    fig.update_layout(barmode="group", yaxis_range=[0, 1.05], yaxis_title="pass@k (mean over traces, 95% CI)",
+                      title=f"Step ablation ({result['mode']}, m={result['m']} steps removed, {result['n_traces']} "
+                            f"traces, {result['n_samples']} answers each)",
+                      legend={"title": "steps removed", "orientation": "h", "y": -0.2})
     return fig

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import plotly.graph_objects as go
 
@@ -40,3 +40,14 @@ def save_figure(fig: go.Figure, out_dir: str | Path, name: str) -> list[Path]:
             _png_disabled = True
             warnings.warn(f"{e}; writing HTML figures only", stacklevel=2)
     return written
+
+
+def short_labels(paths: list[str | Path]) -> list[str]:
+    """Short, distinct labels for paths (checkpoints, run folders): the last part (``step_20``), with
+    as many parent parts as it takes to tell two apart (``seed0/step_20``)."""
+    parts = [PurePath(p).parts or (str(p),) for p in paths]
+    for depth in range(1, max((len(p) for p in parts), default=0) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]

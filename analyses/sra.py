@@ -152,6 +152,13 @@ def top_heads(sra_lh: np.ndarray, top_n: int) -> list[Head]:
     return [(int(i // n_heads), int(i % n_heads)) for i in order]
 
 
+def rank_grid(sra_lh: np.ndarray) -> np.ndarray:
+    """Each head's rank by SRA (1 = best; NaN last; ties by position), as ``top_heads`` orders them."""
+    ranks = np.empty(sra_lh.size, dtype=int)
+    ranks[[l * sra_lh.shape[1] + h for l, h in top_heads(sra_lh, sra_lh.size)]] = np.arange(1, sra_lh.size + 1)
+    return ranks.reshape(sra_lh.shape)
+
+
 @dataclass
 class Discovery:
     """KFHs chosen on the discovery split; every head's SRA on both splits."""
@@ -217,18 +224,44 @@ def sra_table(result: Discovery) -> list[dict]:
     return rows
 
 
-def heatmap_figure(sra_lh: np.ndarray, title: str = "SRA per head (held-out)",
-                   marked: list[Head] | None = None) -> go.Figure:
-    """Layer x head heatmap, 0.5 (chance) in white; selected heads outlined."""
+def heatmap_figure(sra_lh: np.ndarray, title: str = "SRA per head (held-out)", marked: list[Head] | None = None,
+                   ci: tuple[np.ndarray, np.ndarray] | None = None, rank: np.ndarray | None = None,
+                   rank_label: str = "", marked_label: str = "KFH", value_label: str = "SRA") -> go.Figure:
+    """Layer x head heatmap, 0.5 (chance) in white, ``marked`` heads starred (with a legend entry).
+
+    Hovering a cell names the head (``L2H1``) with its value, its CI (``ci``: low and high grids)
+    and its rank (``rank``: 1 = best; ``rank_label`` says by what); an invisible marker sits on
+    every cell so that a click selects the head (Streamlit's ``on_select``): heatmap cells
+    themselves are not selectable.
+    """
     n_layers, n_heads = sra_lh.shape
-    fig = go.Figure(go.Heatmap(z=sra_lh, x=[f"H{h}" for h in range(n_heads)], y=[f"L{l}" for l in range(n_layers)],
-                               zmin=0, zmax=1, zmid=0.5, colorscale="RdBu_r", colorbar={"title": "SRA"},
-                               text=np.round(sra_lh, 2), texttemplate="%{text}" if sra_lh.size <= 400 else None,
-                               hovertemplate="layer %{y} head %{x}: SRA %{z:.3f}<extra></extra>"))
-    for layer, head in marked or []:
-        fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
-                      line={"color": "black", "width": 3})
-    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis={"autorange": True})
+    layers, heads = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+    fig = go.Figure(go.Heatmap(z=sra_lh, x=np.arange(n_heads), y=np.arange(n_layers), zmin=0, zmax=1, zmid=0.5,
+                               colorscale="RdBu_r", colorbar={"title": value_label}, hoverinfo="skip",
+                               text=np.round(sra_lh, 2), texttemplate="%{text}" if sra_lh.size <= 400 else None))
+    low, high = ci if ci is not None else (np.full_like(sra_lh, np.nan), np.full_like(sra_lh, np.nan))
+    ranks = rank if rank is not None else np.full(sra_lh.shape, np.nan)
+    cells = np.stack([np.vectorize(lambda l, h: head_name((l, h)))(layers, heads), sra_lh, low, high, ranks],
+                     axis=-1).reshape(-1, 5)
+    hover = "<b>%{customdata[0]}</b><br>" + value_label + " %{customdata[1]:.3f}"
+    hover += " (95% CI %{customdata[2]:.3f}–%{customdata[3]:.3f})" if ci is not None else ""
+    hover += f"<br>rank %{{customdata[4]}} of {sra_lh.size} {rank_label}".rstrip() if rank is not None else ""
+    fig.add_trace(go.Scatter(x=heads.ravel(), y=layers.ravel(), mode="markers", customdata=cells, name="heads",
+                             showlegend=False, hovertemplate=hover + "<extra></extra>",
+                             marker={"symbol": "square", "size": 30, "opacity": 0},
+                             selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}}))
+    if marked:  # in the cell's top-right corner, clear of its number
+        fig.add_trace(go.Scatter(x=[h + 0.33 for _, h in marked], y=[l + 0.27 for l, _ in marked], mode="markers",
+                                 name=marked_label, hoverinfo="skip",
+                                 marker={"symbol": "star", "size": 14, "color": "gold",
+                                         "line": {"color": "black", "width": 1.5}},
+                                 selected={"marker": {"opacity": 1}}, unselected={"marker": {"opacity": 1}}))
+    fig.update_layout(title=title, hovermode="closest", hoverdistance=-1, plot_bgcolor="white",
+                      legend={"orientation": "h", "y": -0.15, "x": 0},
+                      xaxis={"title": "head", "tickmode": "array", "tickvals": list(range(n_heads)),
+                             "ticktext": [f"H{h}" for h in range(n_heads)], "showgrid": False, "zeroline": False},
+                      yaxis={"title": "layer", "tickmode": "array", "tickvals": list(range(n_layers)),
+                             "ticktext": [f"L{l}" for l in range(n_layers)], "showgrid": False, "zeroline": False})
     return fig
 
 
@@ -239,11 +272,12 @@ def by_layer_figure(sra_lh: np.ndarray, baselines_: dict[str, dict] | None = Non
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=np.repeat(np.arange(n_layers), n_heads), y=sra_lh.ravel(), mode="markers",
                              name="heads", text=[head_name((l, h)) for l in range(n_layers) for h in range(n_heads)],
-                             marker={"opacity": 0.6}))
+                             hovertemplate="%{text}: SRA %{y:.3f}<extra></extra>", marker={"opacity": 0.6}))
     fig.add_trace(go.Scatter(x=np.arange(n_layers), y=np.nanmax(np.nan_to_num(sra_lh, nan=-np.inf), axis=1),
                              mode="lines+markers", name="best head"))
-    for name, b in (baselines_ or {}).items():
-        if b["sra"] is not None:
-            fig.add_hline(y=b["sra"], line_dash="dash", annotation_text=f"{name} ranker", line_color="gray")
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="SRA", yaxis_range=[0, 1])
+    for i, (name, b) in enumerate((baselines_ or {}).items()):
+        if b["sra"] is not None:  # labels spread along the line: baselines often sit close together
+            fig.add_hline(y=b["sra"], line_dash="dash", annotation_text=f"{name} ranker", line_color="gray",
+                          annotation_position=("top left", "top", "top right")[i % 3])
+    fig.update_layout(title=title, xaxis={"title": "layer", "dtick": 1}, yaxis_title="SRA", yaxis_range=[0, 1])
     return fig

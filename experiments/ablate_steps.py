@@ -7,7 +7,8 @@
 Traces default as in discover_heads.py (the bundled R1 traces for a model that is not an organism);
 only correct ones are ablated.  Finished traces are cached in OUT/cache, so rerunning a killed
 command resumes.  Writes ablation.json {"n_traces", "m", "conditions": {"none"|"high"|"low"|"random":
-{"pass@k": ..}}, "warnings", "per_trace": [{"removed", "correct", "answers"}, ...], ...} and figures/ablation.*.
+{"pass@k": ..}}, "warnings", "per_trace": [{"removed", "correct", "answers"}, ...], ..., "model",
+"fingerprint", "created", "kfh", "traces"} and figures/ablation.*.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from workbench.cache import JsonCache, add_cache_arguments, cache_dir
 from workbench.cli import run_command
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel, add_model_arguments, model_from_args
+from workbench.provenance import stamp
 from workbench.traces import add_trace_arguments, check_trace_arguments, traces_from_args, verifier_for
 from workbench.tracing import ScoreCache, trace_step_scores
 
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
                           mode=args.mode, temperature=args.answer_temperature,
                           max_new_tokens=args.answer_max_new_tokens, seed=args.seed, batch_size=args.batch_size,
                           cache=folder and JsonCache(folder), keep_answers=args.keep_answers)
-    result["kfh"] = sel.names
-    result["model"] = loaded.name
+    result.update(stamp(loaded), kfh=sel.names, traces={"source": args.traces, "n_traces": args.n_traces,
+                                                          "seed": args.seed + 1_000_003, "correct_only": True})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     save_figure(ablation_figure(result), args.out / "figures", "ablation")

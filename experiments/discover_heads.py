@@ -27,13 +27,14 @@ from safetensors.torch import save_file
 
 from analyses.figures import save_figure
 from analyses.labels import default_labels, get_labels, label_codes, write_labels
-from analyses.sra import by_layer_figure, discover, has_pairs, heatmap_figure, json_float, sra_table
+from analyses.sra import by_layer_figure, discover, has_pairs, heatmap_figure, json_float, rank_grid, sra_table
 from analyses.verdict import verdict
 from workbench.cache import add_cache_arguments, cache_dir
 from workbench.cli import run_command
 from workbench.heads import model_shape
 from workbench.kfh import KFHSelection, save_kfh
 from workbench.models import LoadedModel, add_model_arguments, model_from_args
+from workbench.provenance import stamp
 from workbench.traces import (add_trace_arguments, check_trace_arguments, default_preset, traces_from_args,
                              write_traces)
 from workbench.tracing import ScoreCache, trace_step_scores
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
                 "seed": args.seed, "n_discovery": result.discovery.n_traces, "n_held_out": result.held_out.n_traces,
                 "temperature": args.temperature, "backend": args.backend, "max_tokens": args.max_tokens,
                 "correct_only": args.correct_only, "dtype": str(loaded.dtype).removeprefix("torch."),
-                "sra_discovery": [float(result.discovery.sra[h]) for h in result.heads]}
+                "sra_discovery": [float(result.discovery.sra[h]) for h in result.heads],
+                "created": stamp(loaded)["created"]}
     sel = KFHSelection(loaded.name, loaded.fingerprint, n_layers, n_heads, result.heads,
                        [float(result.held_out.sra[h]) for h in result.heads], settings)  # held-out SRA
     save_kfh(out / "kfh.json", sel)
@@ -112,7 +114,11 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
                "discovery_ids": [records[i].trace_id for i in result.discovery_ids],
                "held_out_ids": [records[i].trace_id for i in result.held_out_ids]}
     (out / "baselines.json").write_text(json.dumps(summary, indent=2) + "\n")
-    save_figure(heatmap_figure(result.held_out.sra, marked=result.heads), out / "figures", "sra_heatmap")
+    held = result.held_out
+    heatmap = heatmap_figure(held.sra, marked=result.heads, ci=(held.ci_low, held.ci_high),
+                             rank=rank_grid(result.discovery.sra), rank_label="by discovery SRA",
+                             marked_label="KFH (top on the discovery split)")
+    save_figure(heatmap, out / "figures", "sra_heatmap")
     save_figure(by_layer_figure(result.held_out.sra, result.baselines), out / "figures", "sra_by_layer")
     report(summary, result.discovery.n_traces)
     return summary

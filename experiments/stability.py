@@ -8,7 +8,8 @@ checkpoint is then teacher-forced on the same token ids.  The KFHs whose step sc
 compared come from ``--kfh`` or, by default, are the first checkpoint's top-N heads by SRA.
 ``--sft-steps N`` appends a copy of the first checkpoint fine-tuned for N supervised steps on
 the trace set's responses: a second checkpoint of the same shape when no training run exists.
-Writes stability.json and figures/stability.*.
+Writes stability.json (with the first checkpoint's name and fingerprint, the KFHs, the trace set
+and the date) and figures/stability.*.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import torch
 from analyses.figures import save_figure
 from analyses.labels import default_labels, get_labels, label_codes
 from analyses.sra import sra, top_heads
-from analyses.stability import checkpoint_summary, compare, stability_figure
+from analyses.stability import checkpoint_summary, stability_figure, stability_result
 from workbench.cli import run_command
-from workbench.heads import head_name
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel, add_model_arguments, model_from_args
+from workbench.provenance import stamp
 from workbench.traces import add_trace_arguments, check_trace_arguments, traces_from_args
 from workbench.tracing import trace_step_scores
 from workbench.training.sft import supervised_finetune
@@ -80,9 +81,9 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
                    else top_heads(sra(scores, codes, n_boot=0).sra, args.top_n))
         summaries.append(checkpoint_summary(scores, codes, kfh))
         print(f"{spec}: best head SRA {np.nanmax(summaries[-1]['sra']):.3f}")
-    result = {"checkpoints": checkpoints, **compare(summaries, args.top_n), "kfh": [head_name(h) for h in kfh],
-              "n_traces": len(records), "labels": labels_spec,
-              "sra": [[[None if v != v else float(v) for v in row] for row in s["sra"]] for s in summaries]}
+    result = {**stability_result(checkpoints, summaries, kfh, args.top_n), "n_traces": len(records),
+              "labels": labels_spec, **stamp(first),
+              "traces": {"source": args.traces, "n_traces": args.n_traces, "seed": args.seed}}
     (args.out / "stability.json").write_text(json.dumps(result, indent=2) + "\n")
     save_figure(stability_figure(result), args.out / "figures", "stability")
     for key in ("pearson_sra", "spearman_sra", "pearson_step_scores", "topn_overlap"):

@@ -100,6 +100,21 @@ def test_run_ablation_counts_and_skips(tiny_qwen2):
     assert len(ablation_figure(res).data) == 4
 
 
+def test_ablation_figure_has_ci_error_bars_over_traces():
+    rows = [{"trace_id": str(i), "removed": {}, "correct": {"none": 4, "high": c, "low": 4, "random": 3}}
+            for i, c in enumerate([0, 2, 4])]
+    conditions = {c: {"pass@1": 0.5, "pass@4": 0.9, "n_traces": 3} for c in ("none", "high", "low", "random")}
+    result = {"n_traces": 3, "m": 1, "mode": "forced", "n_samples": 4, "ks": [1, 4], "per_trace": rows,
+              "conditions": conditions}
+    fig = ablation_figure(result)
+    high = next(t for t in fig.data if "highest" in t.name)
+    p1 = [pass_at_k(4, c, 1) for c in (0, 2, 4)]  # 0, 0.5, 1
+    assert high.error_y.array[0] == pytest.approx(1.96 * np.std(p1, ddof=1) / np.sqrt(3))
+    none = next(t for t in fig.data if t.name.startswith("none"))
+    assert list(none.error_y.array) == [0.0, 0.0]  # every trace the same: no spread
+    assert not ablation_figure({**result, "per_trace": []}).data[0].error_y.visible  # shipped files without rows
+
+
 def test_ablation_keeps_answers_and_warns_when_intact_fails(tiny_qwen2):
     """A random model fails every answer: the result says so, and the answers are there to look at."""
     refs = reference_organism(tiny_qwen2.tokenizer, 2, seed=6)

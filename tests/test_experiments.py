@@ -122,7 +122,7 @@ def test_readme_quickstart_on_a_machine_without_a_browser(organism, browserless_
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
         "plotly.min.js", "sra_by_layer.html", "sra_heatmap.html"]
     assert done.stderr.count("writing HTML figures only") == 1, done.stderr[-3000:]
-    assert "KFHs (top 3 on 6 discovery traces)" in done.stdout
+    assert "KFHs (top 3 by SRA on 6 discovery traces)" in done.stdout
 
 
 def test_kfh_for_another_model_stops_the_ablation(organism, tiny_qwen2, tmp_path):

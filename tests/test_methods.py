@@ -3,6 +3,8 @@
 import json
 import math
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +107,36 @@ def test_sooner_shortening_is_judged_on_differences_paired_by_seed():
     assert sooner.verdict == "not measured"
 
 
+def test_publish_leaves_big_trace_files_in_the_work_folder(tmp_path, monkeypatch):
+    from experiments import reproduce
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "discover").mkdir(parents=True)
+    for name in ("sra.csv", "kfh.json", "traces.jsonl", "scores.safetensors"):
+        (work / "discover" / name).write_bytes(b"x" * 100)
+    reproduce.publish(work, out)
+    assert sorted(p.name for p in (out / "discover").iterdir()) == ["kfh.json", "scores.safetensors", "sra.csv",
+                                                                    "traces.jsonl"]
+    monkeypatch.setattr(reproduce, "MAX_TRACE_FILE_BYTES", 99)
+    shutil.rmtree(out)
+    reproduce.publish(work, out)
+    assert sorted(p.name for p in (out / "discover").iterdir()) == ["kfh.json", "sra.csv"]
+
+
+def test_published_results_are_not_git_ignored():
+    """docs/results/<model>/runs/ holds the runs' metrics the app plots: an ignore rule for the work
+    folder (runs/ at the top) must not swallow it."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("docs/results/organism/runs/attnpo-seed0/metrics.jsonl",
+                 "docs/results/organism/stability/attnpo-seed0/stability.json",
+                 "docs/results/organism/discover/traces.jsonl"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root, timeout=60)
+        assert ignored.returncode == 1, f"{path} is git-ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/reproduce/x"], cwd=root, timeout=60).returncode == 0
+
+
 def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     from experiments import reproduce
 
@@ -119,9 +151,17 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
         assert c["claim"] in report and c["verdict"] in ("holds", "does not hold", "within noise", "not testable",
                                                           "not measured")
     assert "| attnpo | 1 |" in report and (out / "methods.csv").exists()
-    for name in ("discover/kfh.json", "ablation.json", "runs/attnpo-seed0/metrics.jsonl",
-                 "runs/attnpo-seed0/eval_final.json", "figures/tokens_accuracy.html", "figures/sra_heatmap.html"):
+    for name in ("discover/kfh.json", "discover/traces.jsonl", "discover/scores.safetensors", "ablation.json",
+                 "runs/attnpo-seed0/metrics.jsonl", "runs/attnpo-seed0/eval_final.json",
+                 "stability/attnpo-seed0/stability.json", "figures/tokens_accuracy.html", "figures/sra_heatmap.html"):
         assert (out / name).exists(), name
+    # what the app shows beside a result file: the model, heads and settings it was made with
+    kfh = json.loads((out / "discover" / "kfh.json").read_text())
+    ablation = json.loads((out / "ablation.json").read_text())
+    assert ablation["kfh"] == kfh["names"] and ablation["fingerprint"] == kfh["fingerprint"]
+    assert ablation["model"] == "organism" and ablation["created"] and ablation["traces"]["source"] == "organism"
+    stab = json.loads((out / "stability" / "attnpo-seed0" / "stability.json").read_text())
+    assert stab["fingerprint"] == kfh["fingerprint"] and stab["kfh"] == kfh["names"] and stab["created"]
     assert not list(out.glob("runs/*/checkpoints")), "checkpoints stay in the work folder"
     # the start evaluation is the same for every run (same model, prompts, sampling seed): identical files
     starts = {(out / "runs" / r / "eval_start.json").read_text() for r in ("tlmre-seed0", "attnpo-seed0")}

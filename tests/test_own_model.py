@@ -135,7 +135,7 @@ def test_traces_over_the_context_are_dropped_by_name(tiny_qwen2, tmp_path):
     flag, and the run goes on (it used to stop with 'exceed the model's context')."""
     records = reference_organism(tiny_qwen2.tokenizer, 8, seed=3)
     long = records[0]
-    long.response = " ".join([long.response.split("</think>")[0]] * 6) + " </think>" + long.response.split("</think>")[1]
+    long.response = " ".join([long.response.split("</think>")[0]] * 20) + " </think>" + long.response.split("</think>")[1]
     path = _trace_file(tmp_path / "t.jsonl", records)
     assert tiny_qwen2.model.config.max_position_embeddings == 512
     with pytest.warns(UserWarning, match=rf"longer than 512 tokens: '{long.trace_id}' \(\d+\); --max-tokens N"):

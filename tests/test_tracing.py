@@ -15,8 +15,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from workbench.heads import kv_head, model_shape
 from workbench.models import LoadedModel
 from workbench.organism import task
-from workbench.tracing import (ScoreCache, StepScoreRecorder, TraceItem, answer_step_scores, token_batches,
-                               trace_step_scores)
+from workbench.tracing import (ScoreCache, StepScoreRecorder, TraceItem, answer_attention, answer_step_scores,
+                               token_batches, trace_step_scores)
 from workbench.tracing import backends
 
 BACKENDS = ["native", "nnsight", "transformer_lens", "eager"]
@@ -144,6 +144,51 @@ def test_head_subset_is_the_slice_of_all_heads(tiny_qwen2, backend):
     for f, s in zip(full, sub):
         assert s.shape == (len(heads), f.shape[-1])
         torch.testing.assert_close(s, torch.stack([f[l, h] for l, h in heads]), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- token-level answer attention
+
+def eager_patterns(model, item: TraceItem) -> tuple[torch.Tensor, ...]:
+    """Every layer's [1, H, T, T] pattern from eager ``output_attentions``, item alone."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(torch.tensor([item.input_ids]), output_attentions=True, use_cache=False).attentions
+    finally:
+        model.set_attn_implementation(before)
+
+
+@pytest.mark.parametrize("name", ["organism", "tiny_qwen2"])
+def test_answer_attention_equals_eager_rows(request, name):
+    loaded = request.getfixturevalue(name)
+    heads = [(1, 3), (0, 0), (1, 1), (0, 1)]  # out of layer order, both KV groups of the GQA model
+    for item in items_for(loaded):
+        got = answer_attention(loaded, item, heads)
+        a0, a1 = item.answer
+        assert got.dtype == torch.float32 and got.shape == (len(heads), a1 - a0, a1)
+        patterns = eager_patterns(loaded.model, item)
+        want = torch.stack([patterns[layer][0, head, a0:a1, :a1] for layer, head in heads]).float()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.sum(-1), torch.ones(len(heads), a1 - a0), atol=1e-5, rtol=0)
+
+
+def test_answer_attention_summed_over_f_gives_the_step_scores(tiny_qwen2):
+    item = items_for(tiny_qwen2)[0]
+    heads = [(0, 2), (1, 0)]
+    rows = answer_attention(tiny_qwen2, item, heads)
+    torch.testing.assert_close(answer_step_scores(rows, item.steps),
+                               trace_step_scores(tiny_qwen2, [item], heads=heads)[0], atol=1e-5, rtol=0)
+
+
+def test_answer_attention_refuses_bad_heads_and_spans(tiny_qwen2):
+    item = items_for(tiny_qwen2)[0]
+    with pytest.raises(ValueError, match="L2H0"):
+        answer_attention(tiny_qwen2, item, [(2, 0)])
+    with pytest.raises(ValueError, match="1 to"):
+        answer_attention(tiny_qwen2, item, [])
+    with pytest.raises(ValueError, match="bad-7.*does not come after"):
+        answer_attention(tiny_qwen2, TraceItem(item.input_ids, [(3, 8), (8, 25)], (20, 30), "bad-7"), [(0, 0)])
 
 
 # ---------------------------------------------------------------- the recorder in a normal forward

@@ -29,6 +29,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -145,9 +146,11 @@ def _drop_long(records: list[TraceRecord], max_tokens: int | None) -> list[Trace
 
 def sample_organism(loaded: LoadedModel, n: int, seed: int = 0, temperature: float = 1.0,
                     max_new_tokens: int = 320, batch_size: int = 64, correct_only: bool = False,
-                    progress: bool = True) -> list[TraceRecord]:
+                    progress: bool = True, on_progress: Callable[[int, int], None] | None = None
+                    ) -> list[TraceRecord]:
     """``n`` organism traces sampled by the model on fresh problems, kept when they segment.
 
+    ``on_progress(kept, n)`` is called after each sampled batch (it may raise to stop early).
     Gives up (RuntimeError with the reasons) after 20 n + 100 samples.
     """
     org = require_organism(loaded.tokenizer, "sampling organism traces")
@@ -174,6 +177,8 @@ def sample_organism(loaded: LoadedModel, n: int, seed: int = 0, temperature: flo
                 records.append(TraceRecord(f"{org.name}-{seed}-{len(records)}", prompt, text, pids, rids, seg,
                                            str(p.answer), correct))
                 bar.update(1)
+        if on_progress is not None:
+            on_progress(len(records), n)
     bar.close()
     _warn_dropped("organism sampler", reasons)
     if len(records) < n:

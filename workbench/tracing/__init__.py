@@ -3,7 +3,8 @@
 ``trace_step_scores`` scores a list of traces, teacher-forced and batched (right padding), with
 the backend of your choice -- all give the same numbers -- and an optional disk cache.
 ``StepScoreRecorder`` does the same capture inside a forward pass you run yourself (the
-trainer's log-prob pass).
+trainer's log-prob pass); ``answer_attention`` keeps the answer's attention token by token, for a
+few heads (the app's token-level view).
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from tqdm import tqdm
 
 from workbench.heads import Head, all_heads, check_heads, model_shape
 from workbench.models import LoadedModel, model_fingerprint
+from workbench.tracing.attention import answer_attention
 from workbench.tracing.backends import BACKENDS
 from workbench.tracing.cache import ScoreCache
 from workbench.tracing.items import TraceItem, check_item
 from workbench.tracing.native import StepScoreRecorder
 from workbench.tracing.reduce import answer_step_scores, span_means
 
-__all__ = ["TraceItem", "trace_step_scores", "token_batches", "StepScoreRecorder", "ScoreCache", "answer_step_scores",
-           "span_means", "BACKENDS"]
+__all__ = ["TraceItem", "trace_step_scores", "token_batches", "answer_attention", "StepScoreRecorder", "ScoreCache",
+           "answer_step_scores", "span_means", "BACKENDS"]
 
 
 BATCH_TOKENS = 8192  # padded tokens a tracing batch holds at most: long traces go one or two at a time

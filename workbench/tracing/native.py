@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Iterator
 
 import torch
 from transformers import AttentionInterface
@@ -134,7 +135,7 @@ class StepScoreRecorder:
 
     @torch.no_grad()
     def capture(self, module, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict) -> None:
-        """query [B, H, T, D], key [B, KV, T, D] after RoPE -> step scores of this layer's heads."""
+        """query [B, H, T, D], key [B, KV, T, D] after RoPE -> this layer's part of each row's result."""
         heads = self.layout.by_layer.get(module.layer_idx)
         if not heads:
             return
@@ -145,23 +146,36 @@ class StepScoreRecorder:
             raise RuntimeError(f"layer {module.layer_idx} was captured twice: use one recorder per forward pass")
         if kwargs.get("softcap") or kwargs.get("s_aux") is not None:
             raise ValueError("native tracing does not support attention softcapping or sinks: use the eager backend")
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         for b, (_, (a0, a1)) in enumerate(self.rows):
             if a1 > query.shape[2]:
                 raise ValueError(f"{self.names[b]}: answer span ({a0}, {a1}) is outside the {query.shape[2]} tokens")
-            keys = key[b, :, :a1].float()  # [KV, a1, D]
-            mass = torch.zeros(len(heads), a1, device=query.device)  # attention each key gets from F
-            chunk = max(1, CHUNK_ELEMENTS // (len(heads) * a1))
-            for r0 in range(a0, a1, chunk):
-                r1 = min(r0 + chunk, a1)
-                hidden = _answer_mask(mask, b, r0, r1, a1, kwargs, query.device)  # [r1 - r0, a1]
-                for kv, at, idx in self._runs[module.layer_idx]:
-                    q = query[b, idx, r0:r1].float()  # [g, r1 - r0, D]
-                    # one 2-D matmul for the whole run: several times faster on CPU than a batched one
-                    logits = (q.reshape(-1, q.shape[-1]) @ keys[kv].T).view(len(idx), r1 - r0, a1).mul_(scaling)
-                    if hidden.dtype == torch.bool:
-                        logits.masked_fill_(hidden, -torch.inf)
-                    else:
-                        logits.add_(hidden)
-                    mass[at] += logits.softmax(-1).sum(1)
-            self._parts[b][module.layer_idx] = span_means(mass, self._steps[b])
+            chunks = self._answer_rows(module.layer_idx, query[b], key[b], mask, b, (a0, a1), kwargs)
+            self._parts[b][module.layer_idx] = self.reduce(b, len(heads), (a0, a1), chunks)
+
+    def _answer_rows(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask, b: int, answer: Span,
+                     kwargs: dict) -> Iterator[tuple[slice, int, int, torch.Tensor]]:
+        """The attention of answer rows over keys ``[0, a1)``, chunk by chunk: (where the heads sit
+        in this layer's list, first row, end row, probabilities ``[g, r1 - r0, a1]``)."""
+        a0, a1 = answer
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        keys = key[:, :a1].float()  # [KV, a1, D]
+        chunk = max(1, CHUNK_ELEMENTS // (len(self.layout.by_layer[layer]) * a1))
+        for r0 in range(a0, a1, chunk):
+            r1 = min(r0 + chunk, a1)
+            hidden = _answer_mask(mask, b, r0, r1, a1, kwargs, query.device)  # [r1 - r0, a1]
+            for kv, at, idx in self._runs[layer]:
+                q = query[idx, r0:r1].float()  # [g, r1 - r0, D]
+                # one 2-D matmul for the whole run: several times faster on CPU than a batched one
+                logits = (q.reshape(-1, q.shape[-1]) @ keys[kv].T).view(len(idx), r1 - r0, a1).mul_(scaling)
+                if hidden.dtype == torch.bool:
+                    logits.masked_fill_(hidden, -torch.inf)
+                else:
+                    logits.add_(hidden)
+                yield at, r0, r1, logits.softmax(-1)
+
+    def reduce(self, b: int, n_heads: int, answer: Span, chunks) -> torch.Tensor:
+        """Step scores ``[n_heads, K_b]``: each key's attention mass from F, averaged over each step."""
+        mass = torch.zeros(n_heads, answer[1], device=self._steps[b].device)  # attention each key gets from F
+        for at, _, _, probs in chunks:
+            mass[at] += probs.sum(1)
+        return span_means(mass, self._steps[b])
