@@ -1,13 +1,15 @@
-"""Reproduce the paper's claims on the organism, side by side with the baselines, and write the report.
+"""Reproduce the paper's claims on an organism, side by side with the baselines, and write the report.
 
-    python experiments/reproduce.py                 # full run: docs/results/organism/ and docs/REPORT.md
-    python experiments/reproduce.py --quick         # every stage, CI-sized, into runs/reproduce-quick/
+    python experiments/reproduce.py                          # docs/results/organism/ and docs/REPORT.md
+    python experiments/reproduce.py --model organism-hard    # docs/results/organism-hard/, same report
+    python experiments/reproduce.py --quick                  # every stage, CI-sized, into runs/reproduce-quick/
 
-Stages, each into the work folder (``runs/reproduce``: traces, scores, checkpoints): (1) KFH
-discovery (SRA heatmap, top heads), (2) step ablation (pass@k after removing high / low / random
-KFH-score steps), (3) RL from the shipped organism with every method x seed on the same budget,
-(4) KFH stability across each AttnPO run's checkpoints, (5) tables, figures and the report, with
-the small files they come from copied to ``--out``.  A stage whose output exists is not run
+Stages, each into the work folder (``runs/reproduce/<model>``: traces, scores, checkpoints): (1) KFH
+discovery (SRA heatmap, top heads), (2) step ablation (pass@k and log p(F) after removing high / low
+/ random KFH-score steps), (3) RL from the shipped organism with every method x seed on the same
+budget, (4) KFH stability across each AttnPO run's checkpoints, (5) tables, figures and the report,
+with the small files they come from copied to ``--out``.  ``docs/REPORT.md`` covers every organism
+whose results folder holds a ``summary.json`` (``analyses.report``).  A stage whose output exists is not run
 again, so a killed run picks up where it stopped (a training run resumes from its last
 checkpoint); ``--fresh`` starts over.  Training runs go ``--jobs`` at a time, each in its own
 process.  The start-of-run evaluation is the same for every run (same model, prompts and sampling
@@ -34,16 +36,19 @@ import torch
 from analyses.figures import save_figure
 from analyses.methods import RunFiles, check_claims, curves_figure, dynamics_table, markdown_table, method_table, \
     run_row, tokens_accuracy_figure
+from analyses.report import render_report
 from experiments import ablate_steps, discover_heads, stability
 from workbench.cli import run_command
 from workbench.config import Config, load_config
 from workbench.models import load_model
+from workbench.organism import ORGANISMS
 from workbench.training.loop import train
 from workbench.traces import jsonl_rows
 from workbench.training.state import list_checkpoints, truncate_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs" / "organism"
+CONFIGS = ROOT / "configs" / "organism"  # the method configs; --model swaps the organism (model and task)
+RESULTS = ROOT / "docs" / "results"
 METHODS = ["rloo", "tlmre", "attnpo_pos", "attnpo_neg", "attnpo", "oracle"]
 
 
@@ -69,12 +74,13 @@ QUICK = Budget(seeds=1, steps=2, save_every=1, eval_prompts=16, discover_traces=
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, help="tables, figures, small files (default: docs/results/organism, or "
+    p.add_argument("--model", choices=list(ORGANISMS), default="organism", help="which built-in organism")
+    p.add_argument("--out", type=Path, help="tables, figures, small files (default: docs/results/MODEL, or "
                    "runs/reproduce-quick with --quick)")
     p.add_argument("--work", type=Path, default=None,
-                   help="traces, scores and checkpoints (default: runs/reproduce, or OUT/work for another --out)")
-    p.add_argument("--report", type=Path, default=None, help="report path (default: docs/REPORT.md for the "
-                   "default --out, else OUT/REPORT.md)")
+                   help="traces, scores and checkpoints (default: runs/reproduce/MODEL, or OUT/work for another --out)")
+    p.add_argument("--report", type=Path, default=None, help="report path (default: docs/REPORT.md, covering every "
+                   "organism in docs/results, for the default --out; else OUT/REPORT.md for this run alone)")
     p.add_argument("--quick", action="store_true", help="every stage on a tiny budget (CI)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--seeds", type=int, help="seeds per method")
@@ -123,10 +129,12 @@ def check_budget(work: Path, b: Budget) -> None:
                          + "); pass --fresh to start over, or --out/--work for a separate folder")
 
 
-def run_config(method: str, seed: int, b: Budget, kfh: Path) -> Config:
-    """A method's shipped config with this run's seed and budget (the KFHs from stage 1)."""
-    overrides = [f"train.seed={seed}", f"train.steps={b.steps}", f"train.save_every={b.save_every}", f"train.lr={b.lr}",
-                 f"eval.n_prompts={b.eval_prompts}", "logging.progress=false"]
+def run_config(method: str, seed: int, b: Budget, kfh: Path, model: str) -> Config:
+    """A method's shipped config on ``model`` (its checkpoint and task) with this run's seed and budget
+    (the KFHs from stage 1)."""
+    overrides = [f"model.name={model}", f"data.task={model}", f"train.seed={seed}", f"train.steps={b.steps}",
+                 f"train.save_every={b.save_every}", f"train.lr={b.lr}", f"eval.n_prompts={b.eval_prompts}",
+                 "logging.progress=false"]
     cfg = load_config(CONFIGS / f"{method}.yaml", overrides)
     if cfg.kfh.path is not None:
         cfg.kfh.path = str(kfh)
@@ -140,7 +148,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _train_one(method: str, seed: int, b: Budget, kfh: Path, run_dir: Path, shared_start: Path,
+def _train_one(method: str, seed: int, b: Budget, kfh: Path, model: str, run_dir: Path, shared_start: Path,
                threads: int) -> None:
     """One method x seed into ``run_dir`` (resumed from its last checkpoint if it has one); a
     top-level function so a worker process can run it.  ``wall_clock.json``, written last, marks
@@ -158,7 +166,7 @@ def _train_one(method: str, seed: int, b: Budget, kfh: Path, run_dir: Path, shar
     if shared_start.exists() and not (run_dir / "eval_start.json").exists():
         _write_atomic(run_dir / "eval_start.json", shared_start.read_text())
     print(f"[reproduce] training {method} seed {seed} ({b.steps} steps)", flush=True)
-    cfg = run_config(method, seed, b, kfh)
+    cfg = run_config(method, seed, b, kfh, model)
     cfg.train.threads = threads
     t0 = time.time()
     train(cfg, run_dir, resume=bool(checkpoints))
@@ -169,7 +177,8 @@ def _train_one(method: str, seed: int, b: Budget, kfh: Path, run_dir: Path, shar
     print(f"[reproduce] finished {method} seed {seed} in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 
-def train_runs(work: Path, b: Budget, methods: list[str], kfh: Path, on_done: Callable[[], None]) -> list[RunFiles]:
+def train_runs(work: Path, b: Budget, methods: list[str], kfh: Path, model: str, on_done: Callable[[], None]
+               ) -> list[RunFiles]:
     """Stage 3: every method x seed, ``b.jobs`` at a time (each in its own process with its share
     of the CPU threads); a finished run is read back, a killed one resumed.  ``on_done`` is called
     after each run, so the stage's time is kept even if a later run is killed."""
@@ -180,11 +189,12 @@ def train_runs(work: Path, b: Budget, methods: list[str], kfh: Path, on_done: Ca
     threads = max(1, (os.cpu_count() or 1) // b.jobs)
     if b.jobs == 1:
         for m, s in todo:
-            _train_one(m, s, b, kfh, run_dirs[m, s], shared_start, threads)
+            _train_one(m, s, b, kfh, model, run_dirs[m, s], shared_start, threads)
             on_done()
     elif todo:
         with ProcessPoolExecutor(b.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_one, m, s, b, kfh, run_dirs[m, s], shared_start, threads) for m, s in todo]
+            futures = [pool.submit(_train_one, m, s, b, kfh, model, run_dirs[m, s], shared_start, threads)
+                       for m, s in todo]
             for future in as_completed(futures):
                 if future.exception() is not None:  # stop at the first failed run, with its error
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -239,10 +249,11 @@ def publish(work: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     b = budget_from(args)
-    out = (args.out or ROOT / ("runs/reproduce-quick" if args.quick else "docs/results/organism")).resolve()
-    default_out = out == ROOT / "docs" / "results" / "organism"
+    model = args.model
+    out = (args.out or (ROOT / "runs" / "reproduce-quick" if args.quick else RESULTS / model)).resolve()
+    default_out = out == RESULTS / model
     report = args.report or (ROOT / "docs" / "REPORT.md" if default_out else out / "REPORT.md")
-    work = args.work or (ROOT / "runs" / "reproduce" / "organism" if default_out else out / "work")
+    work = args.work or (ROOT / "runs" / "reproduce" / model if default_out else out / "work")
     if args.fresh:
         for folder in (work, out):
             shutil.rmtree(folder, ignore_errors=True)
@@ -255,20 +266,20 @@ def main(argv: list[str] | None = None) -> dict:
         timings[stage] = timings.get(stage, 0.0) + time.time() - t0
         timings_file.write_text(json.dumps(timings, indent=2) + "\n")
 
-    loaded = load_model("organism")
+    loaded = load_model(model)
 
     kfh = work / "discover" / "kfh.json"
     if not kfh.exists():
         print("[reproduce] 1/5 discovering KFHs", flush=True)
         t0 = time.time()
-        discover_heads.main(["--model", "organism", "--n-traces", str(b.discover_traces), "--out", str(work / "discover"),
+        discover_heads.main(["--model", model, "--n-traces", str(b.discover_traces), "--out", str(work / "discover"),
                              "--n-boot", "200" if args.quick else "1000"], loaded)
         timed("discovery", t0)
     ablation_file = work / "ablation" / "ablation.json"
     if not ablation_file.exists():
         print("[reproduce] 2/5 step ablation", flush=True)
         t0 = time.time()
-        ablate_steps.main(["--model", "organism", "--kfh", str(kfh), "--out", str(work / "ablation"),
+        ablate_steps.main(["--model", model, "--kfh", str(kfh), "--out", str(work / "ablation"),
                            "--n-traces", str(b.ablation_traces), "--n-samples", str(b.ablation_samples),
                            "--k", "1", str(b.ablation_samples)], loaded)
         timed("ablation", t0)
@@ -280,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         timed("training", last[0])
         last[0] = time.time()
 
-    runs = train_runs(work, b, args.methods, kfh, run_done)
+    runs = train_runs(work, b, args.methods, kfh, model, run_done)
 
     print("[reproduce] 4/5 KFH stability", flush=True)
     stabilities = []
@@ -291,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
             break
         if not (target / "stability.json").exists():
             t0 = time.time()
-            stability.main(["--checkpoints", "organism", *[str(c) for c in list_checkpoints(run_dir)],
+            stability.main(["--checkpoints", model, *[str(c) for c in list_checkpoints(run_dir)],
                             "--kfh", str(kfh), "--n-traces", str(b.stability_traces), "--out", str(target)], loaded)
             timed("stability", t0)
         stabilities.append(json.loads((target / "stability.json").read_text()))
@@ -304,21 +315,23 @@ def main(argv: list[str] | None = None) -> dict:
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     pd.DataFrame(table).to_csv(out / "methods.csv", index=False)
     (out / "methods.md").write_text(markdown_table(table) + "\n")
-    save_figure(tokens_accuracy_figure(table), out / "figures", "tokens_accuracy")
+    save_figure(tokens_accuracy_figure(table, rows, f"{model}: held-out accuracy against response length after "
+                                       "training (each run a point; diamonds: mean ± std over seeds)"),
+                out / "figures", "tokens_accuracy")
     save_figure(curves_figure(runs), out / "figures", "tokens_during_training")
     save_figure(curves_figure(runs, "accuracy"), out / "figures", "accuracy_during_training")
     ablation = json.loads(ablation_file.read_text())
     claims = check_claims(table, ablation, stabilities, rows)
     timed("report", t0)
     discovery = json.loads((work / "discover" / "baselines.json").read_text())
-    summary = {"budget": vars(b), "minutes": round(sum(timings.values()) / 60, 1),
+    summary = {"model": model, "budget": vars(b), "minutes": round(sum(timings.values()) / 60, 1),
                "stage_minutes": {k: round(v / 60, 1) for k, v in timings.items()},
                "baselines": discovery["baselines"], "discovery": discovery["held_out"],
                "kfh": json.loads(kfh.read_text()), "ablation": ablation, "methods": table,
-               "claims": [vars(c) for c in claims]}
+               "claims": [vars(c) for c in claims], "dynamics": dynamics_table(runs, args.methods)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render_report(summary, table, claims, dynamics_table(runs, args.methods), out, report))
+    report.write_text(render_report(report_summaries(out, summary, default_out), report, ROOT / "docs" / "report_notes"))
     print(markdown_table(table))
     for c in claims:
         print(f"- {c.verdict:>13}: {c.claim} ({c.measured})")
@@ -326,75 +339,19 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def render_report(summary: dict, table: list[dict], claims, dynamics: str, out: Path, report: Path) -> str:
-    """docs/REPORT.md: every number is read from the files this run wrote."""
-    rel = lambda p: Path(os.path.relpath(p, report.parent)).as_posix()  # links that work from the report
-    d, b, ks = summary["discovery"], summary["budget"], summary["ablation"]["ks"]
-    kfh = summary["kfh"]
-    lines = [
-        "# Reproducing AttnPO's claims on the model organism",
-        "",
-        f"Produced by `python experiments/reproduce.py` in {summary['minutes']} minutes "
-        f"({b['seeds']} seeds x {len(table)} methods x {b['steps']} RL steps at learning rate {b['lr']:g} from the "
-        f"shipped organism, {b['jobs']} run(s) at a time; held-out evaluation on {b['eval_prompts']} fresh prompts "
-        f"at temperature 0.6, top-p 0.95). Stage minutes: "
-        + ", ".join(f"{k} {v}" for k, v in summary["stage_minutes"].items()) + f". Files: `{rel(out)}/`.",
-        "",
-        "## Claims",
-        "",
-        "| claim | measured here | verdict |",
-        "|---|---|---|",
-        *[f"| {c.claim} | {c.measured} | **{c.verdict}** |" for c in claims],
-        "",
-        "A difference between two methods counts only when it exceeds the pooled standard deviation over seeds "
-        "of the two rows; otherwise the verdict is *within noise*. The *(ours)* claim compares runs paired by seed "
-        "(a seed draws the same prompts in every method) and counts when the mean paired difference exceeds the "
-        "std of the differences.",
-        "",
-        "## Methods",
-        "",
-        markdown_table(table),
-        "",
-        f"![tokens against accuracy]({rel(out / 'figures' / 'tokens_accuracy.png')})",
-        "",
-        "## Training dynamics",
-        "",
-        "On the training rollouts (temperature 1), averaged over the first, middle and last third of the RL steps, then over seeds. "
-        "*Steps attenuated* is the share of steps whose advantage the KFH scores (or, for the oracle, the true "
-        "labels) scaled down (Pos-Adv), *attenuation precision* the share of those that were truly redundant; *steps "
-        "protected* the share whose negative advantage Neg-Adv removed, *protection precision* the share of those "
-        "that were truly needed.",
-        "",
-        dynamics,
-        "",
-        f"![tokens during training]({rel(out / 'figures' / 'tokens_during_training.png')})",
-        "",
-        "## Key-Focus Heads",
-        "",
-        f"KFHs (top {len(kfh['names'])} by SRA on the discovery split): {', '.join(kfh['names'])}; "
-        f"best held-out head {d['best_head']['name']} SRA {d['best_head']['sra']:.3f} "
-        f"(95% CI {d['best_head']['ci_low']:.3f}–{d['best_head']['ci_high']:.3f}) over {d['n_traces']} traces. "
-        "Trivial rankers on the same held-out traces (SRA): " + ", ".join(
-            f"{name} {v['sra']:.3f}" for name, v in summary["baselines"].items()) + ".",
-        "",
-        f"![SRA heatmap]({rel(out / 'figures' / 'sra_heatmap.png')})",
-        "",
-        "## Step ablation",
-        "",
-        "| steps removed | " + " | ".join(f"pass@{k}" for k in ks) + " |",
-        "|---|" + "---|" * len(ks),
-        *[f"| {name} | " + " | ".join(f"{cond[f'pass@{k}']:.3f}" for k in ks) + " |"
-          for name, cond in summary["ablation"]["conditions"].items()],
-        "",
-        f"{summary['ablation']['n_traces']} correct traces, m = {summary['ablation']['m']} steps removed, "
-        f"{summary['ablation']['n_samples']} answers sampled per trace and condition ({summary['ablation']['mode']}).",
-        "",
-        f"![ablation]({rel(out / 'figures' / 'ablation.png')})",
-    ]
-    notes = report.parent / "report_notes.md"
-    if notes.exists():
-        lines += ["", notes.read_text().rstrip()]
-    return "\n".join(lines) + "\n"
+def report_summaries(out: Path, summary: dict, combined: bool) -> list[dict]:
+    """What the report covers: this run alone, or (``combined``) every organism with results in
+    docs/results, in registry order, this run's summary in its place."""
+    if not combined:
+        return [{**summary, "out": out}]
+    found = []
+    for name in ORGANISMS:
+        file = RESULTS / name / "summary.json"
+        if name == summary["model"]:
+            found.append({**summary, "out": out})
+        elif file.exists():
+            found.append({"model": name, **json.loads(file.read_text()), "out": file.parent})
+    return found
 
 
 if __name__ == "__main__":

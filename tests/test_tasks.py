@@ -138,7 +138,8 @@ def test_trainer_evaluation_equals_the_organism_evaluation(organism):
     torch.manual_seed(31)
     want = evaluate(organism.model, organism.tokenizer, held_out_problems(24, 31), temperature=cfg.eval.temperature,
                     top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens)
-    assert got == want
+    assert "kinds_per_response" in want  # the organism's own evaluation adds the steps of each kind
+    assert got == {k: v for k, v in want.items() if k != "kinds_per_response"}
 
 
 def test_a_task_refuses_a_model_of_another_task(tmp_path):
