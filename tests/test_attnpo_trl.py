@@ -23,7 +23,7 @@ from trl_helpers import WRONG, fixed_trainer, rollout_rows, trl_test_config  # n
 
 from workbench.attnpo_trl import AttnPOConfig  # noqa: E402
 from workbench.attnpo_trl.engine import batch_layout, metrics_row  # noqa: E402
-from workbench.config import ConfigError  # noqa: E402
+from workbench.config import ConfigError, load_config  # noqa: E402
 from workbench.heads import parse_head  # noqa: E402
 from workbench.methods import METHODS  # noqa: E402
 from workbench.models import load_model  # noqa: E402
@@ -110,12 +110,24 @@ def test_the_loss_applies_the_advantages_token_by_token(model, rollout, tmp_path
     assert not all(torch.allclose(g, p.grad, atol=1e-6, rtol=1e-4) for g, p in zip(got, policy.parameters()))
 
 
-def test_batch_layout_and_rl_steps():
+def test_batch_layout():
     cfg = trl_test_config("train.micro_batch_size=5")  # 12 responses a step
     assert batch_layout(cfg, 1) == (4, 3) and batch_layout(cfg, 2) == (3, 2)
     assert batch_layout(trl_test_config("train.mini_batches=2"), 2) == (3, 1)
     with pytest.raises(ConfigError, match="do not split evenly into train.mini_batches=1 over 5 processes"):
         batch_layout(cfg, 5)
+    assert batch_layout(load_config(ROOT / "configs/r1-distill/attnpo_trl.yaml"), 8) == (4, 32)
+
+
+def test_rl_steps_count_generation_batches(model, rollout, tmp_path):
+    """Two optimizer steps per RL step (two mini-batches): optimizer steps 0, 1 sample for RL step 1, then 2."""
+    cfg = trl_test_config("train.mini_batches=2", "train.micro_batch_size=6")
+    trainer = fixed_trainer(model.model, model.tokenizer, cfg, rollout, build_task(cfg, model.tokenizer), tmp_path)
+    steps = []
+    for global_step in (0, 2, 4):
+        trainer.state.global_step = global_step
+        steps.append(trainer.rl_step())
+    assert steps == [1, 2, 3]
 
 
 def test_config_errors_name_the_field():
