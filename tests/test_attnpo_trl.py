@@ -236,3 +236,22 @@ def test_accelerate_launch_two_cpu_processes_as_the_readme_says(tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and all(r["accuracy"] is not None for r in rows)
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_2"]
     assert json.loads((run / "eval_final.json").read_text())["n"] == 8
+
+
+def test_bench_train_engine_trl_compares_the_engines_in_one_run():
+    done = _run([sys.executable, "-m", "workbench.bench", "train", "--engine", "trl", "--quick", "--rounds", "1",
+                 "--json"])
+    result = json.loads(done.stdout)  # stdout is the one JSON object
+    assert result["engine"] == "trl" and result["responses"] == 8 and result["steps_per_round"] == 2
+    assert result["ratio_step"] == pytest.approx(result["seconds_step_trl"] / result["seconds_step_bundled"])
+    for engine in ("bundled", "trl"):
+        assert result[engine]["seconds_rollout"] > 0 and result[engine]["seconds_update"] > 0
+
+
+def test_engine_trl_without_trl_says_how_to_install_it(tmp_path):
+    code = ("import sys; sys.modules['trl'] = None\nfrom workbench.training.loop import main\n"
+            f"sys.exit(main(['--engine', 'trl', '--config', 'configs/organism/attnpo.yaml', '--out', r'{tmp_path}']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 2 and 'pip install -e ".[trl]"' in done.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -8,12 +8,12 @@ scale as TRL does (``accelerate launch`` with DDP, DeepSpeed ZeRO or FSDP; vLLM 
 
 from __future__ import annotations
 
-import importlib.util
-
 INSTALL_HINT = 'the TRL engine needs TRL: pip install -e ".[trl]"'
 
-if importlib.util.find_spec("trl") is None:
-    raise ImportError(INSTALL_HINT)
+try:
+    import trl  # noqa: F401
+except ImportError as e:
+    raise ImportError(f"{INSTALL_HINT} ({e})") from e
 
 from workbench.attnpo_trl.config import AttnPOConfig  # noqa: E402
 from workbench.attnpo_trl.trainer import AttnPOStep, AttnPOTrainer  # noqa: E402

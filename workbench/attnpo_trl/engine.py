@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 from trl.models import unwrap_model_for_generation
 
 from workbench.attnpo_trl.config import AttnPOConfig
@@ -194,6 +194,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     trainer = RunTrainer(loaded.model, task_verifier(task, prompts), args, dataset, step_labeller=labeller,
                          processing_class=loaded.tokenizer, callbacks=[RunLog(run_dir, cfg)], run_dir=run_dir,
                          cfg=cfg)
+    if not cfg.logging.progress:
+        trainer.remove_callback(PrinterCallback)  # without a progress bar TRL prints every step's logs
     eval_prompts = task.held_out(cfg.eval.n_prompts, cfg.eval.seed) if cfg.eval.enabled else []
     main = state.is_main_process
     if main:

@@ -147,7 +147,7 @@ def engine_round(loaded, weights: dict, bundled, prompts, steps: int, trl, clock
 def run_engines(args: argparse.Namespace) -> dict:
     """Seconds per RL step of the TRL engine against the bundled loop on the same organism batch."""
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
 
     from workbench.attnpo_trl.engine import metrics_row, task_verifier, trl_config
     from workbench.attnpo_trl.trainer import AttnPOTrainer
@@ -193,6 +193,7 @@ def run_engines(args: argparse.Namespace) -> dict:
         args_trl.save_strategy = "no"
         trl = AttnPOTrainer(loaded.model, task_verifier(task, prompts), args_trl, dataset,
                             processing_class=loaded.tokenizer, callbacks=[clock])
+        trl.remove_callback(PrinterCallback)  # stdout holds the result only
         for _ in range(args.rounds):  # alternating, so drift hits both alike
             engine_round(loaded, weights, build(cfg, loaded, heads, None), prompts, steps, trl, clock, seconds, rows)
     med = {name: statistics.median(s) for name, s in seconds.items()}
