@@ -11,7 +11,7 @@ from __future__ import annotations
 INSTALL_HINT = 'the TRL engine needs TRL: pip install -e ".[trl]"'
 
 try:
-    import trl  # noqa: F401
+    import trl  # noqa: F401  # present?
 except ImportError as e:
     raise ImportError(f"{INSTALL_HINT} ({e})") from e
 

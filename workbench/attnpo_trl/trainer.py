@@ -67,7 +67,6 @@ class AttnPOStep:
 class _LocalBatch:
     """This process's rows between generation and the advantages."""
 
-    rows: list[dict]
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     texts: list[str]
@@ -149,7 +148,7 @@ class AttnPOTrainer(GRPOTrainer):
         segments = segment_correct(self._tokenizer, correct, completion_ids, self.args.segmenter)
         rows = self._inputs
         labeller = (lambda i, texts: self.step_labeller(rows[i], texts)) if self.step_labeller else None
-        self._batch = _LocalBatch(rows, [list(p) for p in prompt_ids], [list(c) for c in completion_ids],
+        self._batch = _LocalBatch([list(p) for p in prompt_ids], [list(c) for c in completion_ids],
                                   self._tokenizer.batch_decode(completion_ids, skip_special_tokens=True), truncated,
                                   correct_all.cpu(), segments, label_steps(segments, labeller),
                                   time.perf_counter() - t0)
