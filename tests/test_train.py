@@ -18,40 +18,22 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.config import LoggingConfig, load_config
-from workbench.generation import Samples
 from workbench.organism import CHECKPOINT_DIR
 from workbench.tracing import TraceItem, trace_step_scores
-from workbench.organism import get_organism
-from workbench.tasks import OrganismTask
 from workbench.tasks.jsonl import JsonlTask
 from workbench.training.batch import pack
 from workbench.training.logprobs import response_logprobs
 from workbench.training.loop import build, train
 from workbench.training.metrics import MetricsLog
 from workbench.training.policy import kl_k3, ppo_token_loss
-from workbench.training.rollout import Rollout, assemble_rollout, reference_rollout
 from workbench.training.scoring import old_logprobs
 from workbench.training.state import list_checkpoints, truncate_metrics
+
+from fixed_rollouts import organism_rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 ORGANISM_CFG = ROOT / "configs" / "organism"
 HEADS = [(1, 0), (1, 3)]
-
-
-def organism_rollout(tok, n_prompts: int, group: int, seed: int = 0, wrong: tuple[int, ...] = ()) -> Rollout:
-    """The organism's reference traces as a rollout (all correct, known step labels); responses
-    listed in ``wrong`` get a wrong boxed digit."""
-    rng = random.Random(seed)
-    task = OrganismTask(get_organism("organism"), tok)
-    ro = reference_rollout(tok, task, task.draw(rng, n_prompts), group, "organism", rng)
-    digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
-    ids = [list(r) for r in ro.response_ids]
-    for i in wrong:
-        ids[i][-3] = digits[(digits.index(ids[i][-3]) + 1) % 10]  # "\boxed{ d }" <eos>
-    samples = Samples(ro.prompt_ids, ids, tok.batch_decode(ids, skip_special_tokens=True), ro.truncated)
-    ro = assemble_rollout(tok, task, ro.prompts, samples, n_prompts, group, "organism")
-    assert ro.correct.view(-1).tolist() == [i not in wrong for i in range(n_prompts * group)]
-    return ro
 
 
 def tiny_config(*overrides: str):

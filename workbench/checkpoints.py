@@ -23,16 +23,23 @@ def replace_dir_atomic(build, target: Path) -> None:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old)
+        move_dir_atomic(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def move_dir_atomic(source: Path, target: Path) -> None:
+    """Rename the complete folder ``source`` to ``target`` (same filesystem), replacing any old ``target``:
+    the old one is renamed aside first and deleted last."""
+    source, target = Path(source), Path(target)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def save_hf_atomic(model, tokenizer, target: Path, extra: dict[str, bytes] | None = None) -> None:

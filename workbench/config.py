@@ -115,6 +115,17 @@ class LoggingConfig:
 
 
 @dataclass
+class TRLConfig:
+    """Options only the TRL engine (``--engine trl``) reads; the bundled engine ignores them."""
+
+    use_vllm: bool = False  # generate with vLLM (TRL's use_vllm; a GPU and `pip install vllm`)
+    vllm_mode: str = "colocate"  # colocate (vLLM inside the training processes) | server (`trl vllm-serve`)
+    vllm_gpu_memory_utilization: float = 0.3  # colocate: the GPU memory share vLLM may take
+    vllm_tensor_parallel_size: int = 1  # colocate
+    gradient_checkpointing: bool = False
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -124,6 +135,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    trl: TRLConfig = field(default_factory=TRLConfig)
 
 
 # --- loading, overriding, checking -------------------------------------------------------------------
@@ -335,6 +347,12 @@ def validate(cfg: Config) -> None:
     for key in ("rollout.top_p", "eval.top_p"):
         need(0 < _get(cfg, key) <= 1, key, f"must be in (0, 1], got {_get(cfg, key)}")
     need(0 <= cfg.method.delta <= 1, "method.delta", f"must be in [0, 1], got {cfg.method.delta}")
+    need(cfg.trl.vllm_mode in ("colocate", "server"), "trl.vllm_mode",
+         f"must be colocate or server, got {cfg.trl.vllm_mode!r}")
+    need(0 < cfg.trl.vllm_gpu_memory_utilization <= 1, "trl.vllm_gpu_memory_utilization",
+         f"must be in (0, 1], got {cfg.trl.vllm_gpu_memory_utilization}")
+    need(cfg.trl.vllm_tensor_parallel_size >= 1, "trl.vllm_tensor_parallel_size",
+         f"must be at least 1, got {cfg.trl.vllm_tensor_parallel_size}")
     rows = cfg.rollout.group_size * cfg.rollout.prompts_per_step
     need(cfg.train.mini_batches <= rows, "train.mini_batches",
          f"{cfg.train.mini_batches} exceeds the {rows} responses of a step")

@@ -9,6 +9,13 @@ reported.  Sampling is identical for both, so the full-step ratio is
 alone isolates the capture itself.  ``--rollout reference`` learns on the organism's reference
 traces (all correct, all scored: the most scoring work) while still timing a sampled rollout.
 The design target is a full-step ratio of at most 1.05.
+
+``--engine trl`` compares the engines instead: whole RL steps of ``attnpo`` (sampling, old-log-prob
+pass with the KFH recorder, advantages, update) on the same organism prompt batch, by the bundled
+loop (``Trainer.step``) and by the TRL engine (``AttnPOTrainer`` under ``Trainer.train``, each step
+timed from its start to its end), from the same starting weights, in alternating rounds; the first
+step of each round is a warm-up.  Reported: median seconds per step of each, their ratio (target at
+most 1.1) and each engine's split into rollout, scoring and update.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import dataclasses
 import json
 import random
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -117,9 +126,96 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def engine_round(loaded, weights: dict, bundled, prompts, steps: int, trl, clock, seconds: dict, rows: dict) -> None:
+    """``steps`` steps of each engine from ``weights`` (the first of each a warm-up, not recorded)."""
+    loaded.model.load_state_dict(weights)
+    loaded.model.eval()
+    for step in range(1, steps + 1):
+        t = time.perf_counter()
+        row = bundled.step(prompts, step)
+        if step > 1:
+            seconds["bundled"].append(time.perf_counter() - t)
+            rows["bundled"].append(row)
+    loaded.model.load_state_dict(weights)
+    clock.seconds, clock.rows = [], []
+    trl.optimizer, trl.lr_scheduler = None, None  # fresh, as the bundled trainer's
+    trl.train()
+    seconds["trl"] += clock.seconds[1:]
+    rows["trl"] += clock.rows[1:]
+
+
+def run_engines(args: argparse.Namespace) -> dict:
+    """Seconds per RL step of the TRL engine against the bundled loop on the same organism batch."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+
+    from workbench.attnpo_trl.engine import metrics_row, task_verifier, trl_config
+    from workbench.attnpo_trl.trainer import AttnPOTrainer
+    from workbench.tasks import build_task
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    steps = args.repeats + 1  # per round, the first a warm-up
+    device = best_device()[0]
+    loaded = load_model(args.model, device=device, dtype=torch.float32)
+    heads = [parse_head(h) for h in args.heads.split(",")] if args.heads else default_heads(loaded.model.config)
+    cfg = load_config(args.config, [f"model.name={args.model}", f"rollout.prompts_per_step={args.prompts}",
+                                    f"rollout.group_size={args.group}", "kfh.path=null",
+                                    f"kfh.heads=[{','.join(head_name(h) for h in heads)}]", "method.name=attnpo",
+                                    "method.delay_horizon=0", f"train.steps={steps}", "logging.progress=false",
+                                    *args.overrides])
+    task = build_task(cfg, loaded.tokenizer)
+    prompts = task.draw(random.Random(args.seed), cfg.rollout.prompts_per_step)
+    dataset = Dataset.from_list([{"prompt": p.text, "prompt_ids": p.ids, "row": i % len(prompts)}
+                                 for i, p in enumerate(prompts * steps)])
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.rows, self.t0 = [], [], 0.0
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.seconds.append(time.perf_counter() - self.t0)
+
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and "attnpo/step" in logs:
+                self.rows.append(metrics_row(logs, cfg.train.kl_coef))
+
+    clock = StepClock()
+    weights = copy.deepcopy(loaded.model.state_dict())
+    seconds: dict[str, list[float]] = {"bundled": [], "trl": []}
+    rows: dict[str, list[dict]] = {"bundled": [], "trl": []}
+    with tempfile.TemporaryDirectory(prefix="kfh-bench-trl-") as out:
+        args_trl = trl_config(cfg, Path(out), 1, [head_name(h) for h in heads], cfg.data.segmenter or task.segmenter,
+                              device.type == "cuda")
+        args_trl.save_strategy = "no"
+        trl = AttnPOTrainer(loaded.model, task_verifier(task, prompts), args_trl, dataset,
+                            processing_class=loaded.tokenizer, callbacks=[clock])
+        trl.remove_callback(PrinterCallback)  # stdout holds the result only
+        for _ in range(args.rounds):  # alternating, so drift hits both alike
+            engine_round(loaded, weights, build(cfg, loaded, heads, None), prompts, steps, trl, clock, seconds, rows)
+    med = {name: statistics.median(s) for name, s in seconds.items()}
+    split = {name: {k: statistics.median(r[k] for r in rs) for k in ("seconds_rollout", "seconds_scoring",
+                                                                      "seconds_update", "mean_response_tokens")}
+             for name, rs in rows.items()}
+    return {
+        "engine": "trl", "model": cfg.model.name, "device": str(device), "threads": args.threads,
+        "heads": [head_name(h) for h in heads], "responses": len(prompts) * cfg.rollout.group_size,
+        "rounds": args.rounds, "steps_per_round": args.repeats,
+        "seconds_step_bundled": med["bundled"], "seconds_step_trl": med["trl"], "ratio_step": med["trl"] / med["bundled"],
+        "bundled": split["bundled"], "trl": split["trl"], "target_ratio_step": 1.1,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workbench.bench train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/organism/tlmre.yaml", help="trainer config (rollout, train)")
+    parser.add_argument("--engine", choices=("bundled", "trl"), default="bundled",
+                        help="bundled: KFH scoring's cost in the bundled step; trl: the TRL engine's step against "
+                             "the bundled one")
+    parser.add_argument("--rounds", type=int, default=2, help="--engine trl: alternating rounds of each engine")
     parser.add_argument("--model", default="organism")
     parser.add_argument("--heads", default=None, help="comma-separated KFHs, e.g. L3H1,L2H4 (default: 3 late heads)")
     parser.add_argument("--prompts", type=int, default=8)
@@ -136,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.prompts, args.group, args.repeats = 2, 4, 2
-    result = run(args)
+    result = run_engines(args) if args.engine == "trl" else run(args)
     if args.json:
         print(json.dumps(result))
     else:

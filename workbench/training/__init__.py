@@ -5,5 +5,6 @@ evaluation (``evaluate``), metrics (``metrics``), supervised fine-tuning (``sft`
 (``loop``).  Prompts, verifiers and step labels come from a task (``workbench.tasks``), advantages
 from a registered method (``workbench.methods``).
 
-Run it as ``python -m workbench.train --config configs/organism/attnpo.yaml``.
+Run it as ``python -m workbench.train --config configs/organism/attnpo.yaml``; ``--engine trl`` runs the
+same config on TRL (``workbench.attnpo_trl``), which shares the rollout, scoring and advantage code here.
 """

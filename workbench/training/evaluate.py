@@ -37,3 +37,8 @@ def evaluate_policy(model, tokenizer, task: Task, prompts: list[Prompt], cfg: Co
                                        lambda i, texts: task.step_labels(prompts[i], texts), segmenter))
     result["truncated_fraction"] = sum(out.truncated) / len(prompts)
     return result
+
+
+def held_out_evaluation(model, tokenizer, task: Task, prompts: list[Prompt], cfg: Config, segmenter: str) -> dict:
+    """``evaluate_policy`` plus where its prompts came from: the content of ``eval_start.json`` / ``eval_final.json``."""
+    return {**evaluate_policy(model, tokenizer, task, prompts, cfg, segmenter), "held_out": task.held_out_info(cfg.eval.seed)}

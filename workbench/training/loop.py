@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import random
 import sys
@@ -27,17 +28,17 @@ from workbench.advantages import MethodParams
 from workbench.config import Config, ConfigError, config_to_dict, load_config, save_config
 from workbench.heads import Head, check_heads, parse_head
 from workbench.kfh import load_kfh
-from workbench.methods import Method, compute_advantages, get_method
+from workbench.methods import Advantages, Method, get_method
 from workbench.models import LoadedModel, best_device, load_model
 from workbench.tasks import Prompt, Task, build_task
-from workbench.training.batch import autocast, pack
-from workbench.training.evaluate import evaluate_policy
+from workbench.training.batch import Packed, autocast, pack
+from workbench.training.evaluate import held_out_evaluation
 from workbench.training.logprobs import check_head
 from workbench.training.metrics import MetricsLog, step_metrics
 from workbench.training.policy import lr_schedule, update
 from workbench.training.rollout import Rollout, generate_rollout
-from workbench.training.scoring import old_logprobs, oracle_step_scores
-from workbench.training.state import list_checkpoints, load_state, restore, save_checkpoint, truncate_metrics
+from workbench.training.scoring import method_params, old_logprobs, rollout_advantages
+from workbench.training.state import load_state, restore, run_checkpoints, save_checkpoint, truncate_metrics
 
 
 def resolve_heads(cfg: Config, loaded: LoadedModel) -> list[Head]:
@@ -67,8 +68,7 @@ class Trainer:
 
     @property
     def params(self) -> MethodParams:
-        m = self.cfg.method
-        return MethodParams(alpha=m.alpha, beta=m.beta, lam=m.lam, delta=m.delta, horizon=m.delay_horizon)
+        return method_params(self.cfg.method)
 
     @property
     def segmenter(self) -> str:
@@ -78,10 +78,10 @@ class Trainer:
         with autocast(next(self.model.parameters()).device):
             return generate_rollout(self.model, self.tokenizer, self.task, prompts, self.cfg.rollout, self.segmenter)
 
-    def learn(self, rollout: Rollout, step: int) -> dict:
-        """Score, compute advantages and update the policy on one rollout; returns the step's metrics."""
+    def score(self, rollout: Rollout, step: int) -> tuple[Packed, torch.Tensor, torch.Tensor | None, Advantages]:
+        """The rollout packed, its old (and reference) log-probs -- the old-log-prob pass records the KFH
+        step scores -- and its token advantages at RL step ``step``."""
         cfg, temperature = self.cfg, self.cfg.rollout.temperature
-        t0 = time.perf_counter()
         packed = pack(rollout.prompt_ids, rollout.response_ids, self.tokenizer.pad_token_id)
         kfh = self.method.scores == "kfh"
         old_logp, kfh_scores = old_logprobs(self.model, packed, cfg.train.micro_batch_size,
@@ -89,13 +89,16 @@ class Trainer:
                                             temperature)
         ref_logp = (old_logprobs(self.ref_model, packed, cfg.train.micro_batch_size, temperature=temperature)[0]
                     if self.ref_model is not None else None)
-        scores = oracle_step_scores(rollout) if self.method.scores == "oracle" else kfh_scores if kfh else None
-        adv = compute_advantages(self.method, rollout.correct, rollout.lengths, rollout.step_spans(), scores,
-                                 rollout.answer_lengths(), rollout.total_lengths(), step, self.params,
-                                 width=packed.targets.shape[1])
+        adv = rollout_advantages(self.method, rollout, kfh_scores, step, self.params, width=packed.targets.shape[1])
+        return packed, old_logp, ref_logp, adv
+
+    def learn(self, rollout: Rollout, step: int) -> dict:
+        """Score, compute advantages and update the policy on one rollout; returns the step's metrics."""
+        t0 = time.perf_counter()
+        packed, old_logp, ref_logp, adv = self.score(rollout, step)
         t1 = time.perf_counter()
-        stats = update(self.model, self.optimizer, self.scheduler, packed, old_logp, adv.tokens, cfg.train, ref_logp,
-                       temperature)
+        stats = update(self.model, self.optimizer, self.scheduler, packed, old_logp, adv.tokens, self.cfg.train,
+                       ref_logp, self.cfg.rollout.temperature)
         t2 = time.perf_counter()
         return {"step": step, **step_metrics(rollout, adv), **stats,
                 "seconds_scoring": t1 - t0, "seconds_update": t2 - t1}
@@ -164,11 +167,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     torch.manual_seed(cfg.train.seed)
     prompt_rng = random.Random(cfg.train.seed)
     device = torch.device(cfg.model.device) if cfg.model.device else best_device()[0]
-    checkpoints = list_checkpoints(run_dir) if resume else []
-    if resume and not checkpoints:
-        raise FileNotFoundError(f"--resume: {run_dir} has no complete checkpoint under checkpoints/")
-    if not resume and (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    checkpoints = run_checkpoints(run_dir, resume, "bundled")
 
     policy, heads, ref = load_models(cfg, device, checkpoints[-1] if checkpoints else None)
     trainer = build(cfg, policy, heads, ref)
@@ -204,12 +203,15 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
 
 def evaluate(trainer: Trainer, prompts: list[Prompt]) -> dict:
     """The held-out evaluation, with where its prompts came from."""
-    result = evaluate_policy(trainer.model, trainer.tokenizer, trainer.task, prompts, trainer.cfg, trainer.segmenter)
-    return {**result, "held_out": trainer.task.held_out_info(trainer.cfg.eval.seed)}
+    return held_out_evaluation(trainer.model, trainer.tokenizer, trainer.task, prompts, trainer.cfg, trainer.segmenter)
 
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --engine: the module whose ``train(cfg, run_dir, resume)`` runs a config; both write the same run directory.
+ENGINES = {"bundled": "workbench.training.loop", "trl": "workbench.attnpo_trl.engine"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m workbench.train",
         description="AttnPO fine-tuning (and its baselines) with Key-Focus Heads.",
         epilog="Overrides: section.key=value, e.g. train.lr=1e-4 method.name=tlmre kfh.heads=[L3H1,L2H4]")
+    parser.add_argument("--engine", choices=list(ENGINES), default="bundled",
+                        help="bundled: this package's one-process trainer; trl: TRL's GRPO trainer extended with "
+                             "the same advantages (accelerate launch for several processes / GPUs)")
     parser.add_argument("--config", type=Path, help="YAML config (e.g. configs/organism/attnpo.yaml)")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<method>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -234,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    try:
+        run = importlib.import_module(ENGINES[args.engine]).train
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = args.out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.method.name}"
-    train(cfg, out, resume=args.resume)
+    run(cfg, out, resume=args.resume)
     print(f"run directory: {out}")
     return 0

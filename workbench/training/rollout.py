@@ -4,6 +4,7 @@ into steps, and label those steps when the task has ground truth."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,26 @@ from workbench.steps import Segmentation, segment_batch
 from workbench.tasks import Prompt, Task
 
 Span = tuple[int, int]
+Labeller = Callable[[int, list[str]], "list[str] | None"]  # (response index, step texts) -> true step labels
+
+
+def rescalable(seg: Segmentation | None) -> bool:
+    """Correct (segmented at all) with at least two steps: a response whose steps may be rescaled."""
+    return seg is not None and seg.ok and len(seg.steps) >= 2
+
+
+def segment_correct(tokenizer, correct: Sequence[bool], response_ids: Sequence[Sequence[int]],
+                    segmenter: str) -> list[Segmentation | None]:
+    """Segment the correct responses from their sampled ids (token-exact spans); None for the rest."""
+    segmented = iter(segment_batch([ids for ok, ids in zip(correct, response_ids) if ok], tokenizer,
+                                   preset=segmenter))
+    return [next(segmented) if ok else None for ok in correct]
+
+
+def label_steps(segments: Sequence[Segmentation | None], labeller: Labeller | None) -> list[list[str] | None]:
+    """The true labels of each rescalable response's steps (None elsewhere, and everywhere without a labeller)."""
+    return [labeller(i, seg.step_texts) if labeller is not None and rescalable(seg) else None
+            for i, seg in enumerate(segments)]
 
 
 @dataclass
@@ -39,8 +60,7 @@ class Rollout:
 
     def rescalable(self, i: int) -> bool:
         """Correct with at least two steps: the responses whose steps may be rescaled."""
-        seg = self.segments[i]
-        return seg is not None and seg.ok and len(seg.steps) >= 2
+        return rescalable(self.segments[i])
 
     def spans(self) -> list[tuple[list[Span], Span] | None]:
         """Absolute (steps, answer) token spans of each rescalable response, None for the rest."""
@@ -87,11 +107,8 @@ def assemble_rollout(tokenizer, task: Task, group: list[Prompt], samples: Sample
                      group_size: int, segmenter: str) -> Rollout:
     """Verify the decoded responses, segment the correct ones (from their ids) and label their steps."""
     correct = [task.verify(p, text) for p, text in zip(group, samples.texts)]
-    correct_ids = [ids for ok, ids in zip(correct, samples.response_ids) if ok]
-    segmented = iter(segment_batch(correct_ids, tokenizer, preset=segmenter))
-    segments = [next(segmented) if ok else None for ok in correct]
-    rollout = Rollout(group, samples.prompt_ids, samples.response_ids, samples.texts, samples.truncated,
-                      torch.tensor(correct).view(n_prompts, group_size), segments, [], task.has_step_labels)
-    rollout.step_labels = [task.step_labels(p, seg.step_texts) if rollout.rescalable(i) else None
-                           for i, (p, seg) in enumerate(zip(group, segments))]
-    return rollout
+    segments = segment_correct(tokenizer, correct, samples.response_ids, segmenter)
+    labeller = (lambda i, texts: task.step_labels(group[i], texts)) if task.has_step_labels else None
+    return Rollout(group, samples.prompt_ids, samples.response_ids, samples.texts, samples.truncated,
+                   torch.tensor(correct).view(n_prompts, group_size), segments, label_steps(segments, labeller),
+                   task.has_step_labels)

@@ -1,12 +1,19 @@
-"""The no-grad old-log-prob pass, which also captures the KFH step scores (no second forward), and
-the oracle's step scores from the task's true labels."""
+"""The no-grad old-log-prob pass, which also captures the KFH step scores (no second forward), the
+oracle's step scores from the task's true labels, and a rollout's token advantages under a method.
+
+``rollout_advantages`` is where every engine (the bundled loop, the TRL trainer) turns a rollout and
+its recorded KFH scores into token advantages: it picks the method's step scores and calls
+``workbench.methods.compute_advantages``.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from workbench.advantages import oracle_scores
+from workbench.advantages import MethodParams, oracle_scores
+from workbench.config import MethodConfig
 from workbench.heads import Head
+from workbench.methods import Advantages, Method, compute_advantages
 from workbench.tracing import StepScoreRecorder
 from workbench.training.batch import Packed
 from workbench.training.logprobs import response_logprobs
@@ -52,3 +59,21 @@ def old_logprobs(model, packed: Packed, micro_batch_size: int, heads: list[Head]
 def oracle_step_scores(rollout: Rollout) -> list[torch.Tensor | None]:
     """True-label scores of every rescalable response (see ``advantages.oracle_scores``)."""
     return [None if labels is None else oracle_scores(labels) for labels in rollout.step_labels]
+
+
+def method_params(cfg: MethodConfig) -> MethodParams:
+    """The reward and rescaling hyper-parameters of a config's ``method`` section."""
+    return MethodParams(alpha=cfg.alpha, beta=cfg.beta, lam=cfg.lam, delta=cfg.delta, horizon=cfg.delay_horizon)
+
+
+def rollout_advantages(method: Method, rollout: Rollout, kfh_scores: list[torch.Tensor | None] | None, step: int,
+                       params: MethodParams, width: int | None = None) -> Advantages:
+    """Token advantages ``[N, width]`` of ``rollout`` at RL step ``step`` (1-indexed) under ``method``.
+
+    ``kfh_scores[i]``: response i's ``[K_i]`` KFH step scores (mean over the heads), recorded in the
+    old-log-prob pass; read only by methods that score steps with KFHs.  The oracle reads the
+    rollout's true step labels instead.
+    """
+    scores = oracle_step_scores(rollout) if method.scores == "oracle" else kfh_scores if method.scores else None
+    return compute_advantages(method, rollout.correct, rollout.lengths, rollout.step_spans(), scores,
+                              rollout.answer_lengths(), rollout.total_lengths(), step, params, width=width)

@@ -5,6 +5,10 @@ plus ``trainer_state.pt`` (optimizer, LR schedule, RNG states, step), written to
 ``replace_dir_atomic`` so a run killed mid-write leaves every older checkpoint whole and never a
 half-written one under a final name.  The state file holds only tensors and plain Python values
 and is read with ``weights_only=True``.
+
+The TRL engine (``workbench.attnpo_trl``) writes the same folders in its own format: the HF model
+and tokenizer plus the HF Trainer's ``trainer_state.json``, optimizer and RNG files, moved under
+their final name once complete.  ``list_checkpoints`` finds both; ``checkpoint_engine`` tells them apart.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from workbench.checkpoints import save_hf_atomic
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
+TRL_STATE_FILE = "trainer_state.json"  # the HF Trainer's state, in the TRL engine's checkpoints
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -42,10 +47,20 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
     torch.save(state, buf)
     target = Path(run_dir) / CHECKPOINTS / f"step_{step}"
     save_hf_atomic(model, tokenizer, target, extra={STATE_FILE: buf.getvalue()})
+    prune_checkpoints(run_dir, keep)
+    return target
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (0: keep all)."""
     if keep:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old)
-    return target
+
+
+def checkpoint_engine(checkpoint: Path) -> str:
+    """``"bundled"`` or ``"trl"``: which engine wrote a complete checkpoint (and can resume from it)."""
+    return "bundled" if (Path(checkpoint) / STATE_FILE).is_file() else "trl"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -54,8 +69,21 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), d) for d in root.iterdir()
-             if (m := _STEP_DIR.match(d.name)) and (d / STATE_FILE).is_file()]
+             if (m := _STEP_DIR.match(d.name)) and ((d / STATE_FILE).is_file() or (d / TRL_STATE_FILE).is_file())]
     return [d for _, d in sorted(found)]
+
+
+def run_checkpoints(run_dir: Path, resume: bool, engine: str) -> list[Path]:
+    """Check ``run_dir`` for a new run, or for a resume by ``engine``; return the checkpoints to resume from."""
+    run_dir = Path(run_dir)
+    checkpoints = list_checkpoints(run_dir) if resume else []
+    if resume and not checkpoints:
+        raise FileNotFoundError(f"--resume: {run_dir} has no complete checkpoint under checkpoints/")
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if checkpoints and (writer := checkpoint_engine(checkpoints[-1])) != engine:
+        raise ValueError(f"--resume: {checkpoints[-1]} was written by the {writer} engine; resume with --engine {writer}")
+    return checkpoints
 
 
 def load_state(checkpoint: Path) -> dict:
