@@ -284,8 +284,8 @@ def tokens_accuracy_figure(table: list[dict], rows: list[dict] | None = None, ti
         fig.add_trace(go.Scatter(x=[table[0]["start_tokens"]], y=[table[0]["start_accuracy"]], mode="markers+text",
                                  text=["start"], textposition="bottom center", name="start",
                                  marker={"size": 12, "symbol": "x", "color": "black"}))
-    fig.update_layout(title=title or "Held-out accuracy against response length after training (each run a point; "
-                      "diamonds: mean ± std over seeds)",
+    fig.update_layout(title=(title or "Held-out accuracy against response length after training")
+                      + "<br><sup>each run a point; diamonds: mean ± std over seeds; ✕: the start model</sup>",
                       xaxis_title="mean response tokens", yaxis_title="held-out accuracy", template="plotly_white")
     return fig
 

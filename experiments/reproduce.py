@@ -315,8 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     pd.DataFrame(table).to_csv(out / "methods.csv", index=False)
     (out / "methods.md").write_text(markdown_table(table) + "\n")
-    save_figure(tokens_accuracy_figure(table, rows, f"{model}: held-out accuracy against response length after "
-                                       "training (each run a point; diamonds: mean ± std over seeds)"),
+    save_figure(tokens_accuracy_figure(table, rows, f"{model}: held-out accuracy against response length"),
                 out / "figures", "tokens_accuracy")
     save_figure(curves_figure(runs), out / "figures", "tokens_during_training")
     save_figure(curves_figure(runs, "accuracy"), out / "figures", "accuracy_during_training")
