@@ -1,28 +1,48 @@
 """Step ablation: do the steps the KFHs score highest matter for the answer?
 
 From correct traces, remove the m steps with the highest KFH score, the m lowest, or m random
-ones (the first step -- the plan -- always stays), then either force the end of thinking
-(append ``</think>``) and sample the answer, or let the model continue reasoning from the cut
-trace.  Each condition samples n answers per trace; pass@k uses the unbiased estimator
-1 - C(n-c, k) / C(n, k) in its stable product form, averaged over traces.
+ones (the first step -- the plan -- always stays), and measure what is left of the answer, by
+either or both of:
+
+- ``passk``: force the end of thinking (append ``</think>``) and sample the answer, or let the
+  model continue reasoning from the cut trace.  Each condition samples n answers per trace;
+  pass@k uses the unbiased estimator 1 - C(n-c, k) / C(n, k) in its stable product form,
+  averaged over traces.  It carries no signal until the model solves the task.
+- ``logprob``: teacher-force the trace's own answer F right after the cut trace and ``</think>``
+  and read log p(F), in total and per token; where the reference answer is known, also its
+  log-probability right after the cut trace, ``</think>`` and F's box opening (``\\boxed{``),
+  as Thought Anchors forces the answer -- not after F's own text, which may restate the
+  solution and so give the answer away.  Two forwards per condition, no sampling: a continuous
+  measure that moves on models far below competence too.
+
+Each measure's mean over traces comes with a bootstrap CI, and so does each paired gap between
+conditions (e.g. low - high: how much more removing the high-score steps costs).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
+from analyses.sra import bootstrap_ci
+from workbench.generation import tail_logprobs
 from workbench.models import LoadedModel
+from workbench.steps import token_char_offsets
 from workbench.traces import TraceRecord
-from workbench.verifiers import Verifier
+from workbench.verifiers import BOXED, Verifier, last_boxed_span
 
 CONDITIONS = ("none", "high", "low", "random")
 CACHE_TOKENS = 16384  # rows x prefix tokens held in one repeated KV cache: bounds memory on long traces
 MODES = ("forced", "continue")
+MEASURES = ("both", "passk", "logprob")
+LOGPROB_KEYS = ("F_total", "F_per_token", "reference_total", "reference_per_token")
+GAPS = (("low", "high"), ("random", "high"), ("none", "high"))  # paired differences reported with CIs
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -109,24 +129,110 @@ def sample_continuations(model, prefix: list[int], n: int, max_new_tokens: int, 
     return rows
 
 
+@dataclass
+class AnswerTargets:
+    """What the log-prob measure scores after a cut trace: F, and the reference answer right after
+    the box opening (``\\boxed{``) as F spells it."""
+
+    f_ids: list[int]  # the trace's own answer F (the tokens after </think>, EOS included)
+    box_ids: list[int] | None = None  # F's tokens from its last \\boxed{ up to the answer (None: no reference)
+    ref_ids: list[int] | None = None  # the reference answer's tokens, F's own when F boxes the reference
+
+
+def answer_targets(record: TraceRecord, tokenizer) -> AnswerTargets:
+    """F of ``record``, and the reference answer's tokens with the box opening before them.
+
+    The reference is F's own boxed tokens when the trace is correct or boxes the reference string;
+    otherwise the boxed text is re-spelled with the reference.  No reference when the record has
+    none or F boxes nothing.
+    """
+    f = record.response_ids[record.seg.answer[0] : record.seg.answer[1]]
+    if record.answer is None:
+        return AnswerTargets(f)
+    text, offsets = token_char_offsets(tokenizer, f)
+    span = last_boxed_span(text)
+    if span is None or span[0] == span[1]:
+        return AnswerTargets(f)
+    (c0, c1), opening = span, text.rfind(BOXED, 0, span[0])
+    covering = lambda a, b: [t for t, (s, e) in enumerate(offsets) if s < b and e > a]  # noqa: E731
+    inside = covering(c0, c1)
+    j0, j1 = inside[0], inside[-1] + 1
+    b0 = covering(opening, opening + 1)[0]
+    if record.correct or text[c0:c1] == record.answer.strip():
+        return AnswerTargets(f, f[b0:j0], f[j0:j1])
+    spelled = text[offsets[j0][0] : c0] + record.answer.strip() + text[c1 : offsets[j1 - 1][1]]
+    return AnswerTargets(f, f[b0:j0], tokenizer(spelled, add_special_tokens=False)["input_ids"])
+
+
+def condition_logprobs(loaded: LoadedModel, record: TraceRecord, removed: dict[str, list[int]],
+                       targets: AnswerTargets, batch_size: int = 8) -> dict[str, dict[str, float]]:
+    """Per condition: log p(F) (total, per token) right after the cut trace and ``</think>``, and,
+    when ``targets`` has a reference, log p(reference) right after the cut trace, ``</think>`` and
+    the box opening -- not after F's own text before the box, which may restate the answer."""
+    pad = loaded.tokenizer.pad_token_id or 0
+    conds = list(removed)
+    prefixes = [ablated_prefix(record, removed[c], "forced") for c in conds]
+    f_lp = tail_logprobs(loaded.model, pad, [p + targets.f_ids for p in prefixes], len(targets.f_ids), batch_size)
+    out = {c: {"F_total": float(lp.sum()), "F_per_token": float(lp.mean())} for c, lp in zip(conds, f_lp)}
+    if targets.ref_ids is not None:
+        rows = [p + targets.box_ids + targets.ref_ids for p in prefixes]
+        for c, lp in zip(conds, tail_logprobs(loaded.model, pad, rows, len(targets.ref_ids), batch_size)):
+            out[c].update(reference_total=float(lp.sum()), reference_per_token=float(lp.mean()))
+    return out
+
+
+def mean_ci(values: list[float], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean over traces with a bootstrap 95% CI (None when there are no values)."""
+    if not values:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    v = np.asarray(values, dtype=np.float64)
+    low, high = bootstrap_ci(v, n_boot, seed=seed)
+    return {"mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high), "n": len(v)}
+
+
+def _per_trace_measures(row: dict, n_samples: int | None) -> dict[str, dict[str, float]]:
+    """{condition: {measure: value}} of one per_trace row: pass@1 = c / n and the log-prob keys."""
+    out = {c: dict(row.get("logprob", {}).get(c, {})) for c in CONDITIONS}
+    for c, correct in row.get("correct", {}).items():
+        out[c]["pass@1"] = correct / n_samples
+    return out
+
+
+def summarize(per_trace: list[dict], n_samples: int | None, n_boot: int = 1000, seed: int = 0) -> tuple[dict, dict]:
+    """Log-prob means per condition and paired gaps (pass@1 and log-prob) with bootstrap CIs."""
+    values = [_per_trace_measures(row, n_samples) for row in per_trace]
+    measures = [k for k in ("pass@1", *LOGPROB_KEYS) if any(k in v[c] for v in values for c in CONDITIONS)]
+    logprob = {c: {k: mean_ci([v[c][k] for v in values if k in v[c]], n_boot, seed)
+                   for k in LOGPROB_KEYS if k in measures} for c in CONDITIONS}
+    gaps = {f"{a} - {b}": {k: mean_ci([v[a][k] - v[b][k] for v in values if k in v[a]], n_boot, seed)
+                           for k in measures} for a, b in GAPS}
+    return logprob, gaps
+
+
 def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: list[np.ndarray], m: float,
                  verifier: Verifier, n_samples: int = 32, ks: tuple[int, ...] = (1, 4, 16, 32), mode: str = "forced",
                  temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 32,
-                 progress: bool = True) -> dict:
-    """pass@k per condition over the traces with more than m removable steps (ablation.json content).
+                 measure: str = "both", n_boot: int = 1000, progress: bool = True) -> dict:
+    """pass@k and/or answer log-probs per condition over the traces with more than m removable steps
+    (ablation.json content).
 
     ``step_scores[i]`` is trace i's per-step KFH score ``[K]``; ``max_new_tokens`` defaults to
     2|F| + 8 in forced mode and to the trace's own response length + 2|F| + 8 when continuing.
+    ``measure`` is one of `MEASURES`; the log-prob measure scores F after ``</think>`` whatever
+    ``mode`` says (``mode`` is how pass@k samples).  The steps removed are the same for both measures.
     """
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; choose from {MEASURES}")
+    sampling, scoring = measure in ("both", "passk"), measure in ("both", "logprob")
     m = int(m) if float(m).is_integer() else float(m)  # "m": 2 in the JSON, not 2.0
-    if any(k > n_samples for k in ks):
+    if sampling and any(k > n_samples for k in ks):
         raise ValueError(f"pass@k needs k <= n samples ({n_samples}); got k = {list(ks)}")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     tok = loaded.tokenizer
     counts: dict[str, list[int]] = {c: [] for c in CONDITIONS}
     per_trace, skipped = [], []
-    for r, s in tqdm(list(zip(records, step_scores)), desc=f"ablating steps ({mode})", disable=not progress):
+    for r, s in tqdm(list(zip(records, step_scores)), desc=f"ablating steps ({measure})", disable=not progress):
         s = np.asarray(s, dtype=np.float64)
         if len(s) != r.n_steps:
             raise ValueError(f"trace {r.trace_id!r}: {len(s)} step scores for {r.n_steps} steps")
@@ -136,34 +242,89 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
             continue
         f_len = r.seg.answer[1] - r.seg.answer[0]
         budget = max_new_tokens or (2 * f_len + 8 + (len(r.response_ids) if mode == "continue" else 0))
-        row = {"trace_id": r.trace_id, "removed": {}, "correct": {}}
+        row = {"trace_id": r.trace_id, "removed": {}}
         for cond in CONDITIONS:
             removed = choose_steps(s, m_r, cond, rng)
-            prefix = ablated_prefix(r, removed, mode)
-            outs = sample_continuations(loaded.model, prefix, n_samples, budget, temperature, tok.eos_token_id,
-                                        batch_size)
-            head = r.close_ids if mode == "forced" else []
-            c = sum(verifier(r.prompt, tok.decode(head + o, skip_special_tokens=True), r.answer) for o in outs)
-            counts[cond].append(c)
-            row["removed"][cond], row["correct"][cond] = removed, c
+            row["removed"][cond] = removed
+            if sampling:
+                prefix = ablated_prefix(r, removed, mode)
+                outs = sample_continuations(loaded.model, prefix, n_samples, budget, temperature, tok.eos_token_id,
+                                            batch_size)
+                head = r.close_ids if mode == "forced" else []
+                c = sum(verifier(r.prompt, tok.decode(head + o, skip_special_tokens=True), r.answer) for o in outs)
+                counts[cond].append(c)
+                row.setdefault("correct", {})[cond] = c
+        if scoring:
+            targets = answer_targets(r, tok)
+            row["F_tokens"] = len(targets.f_ids)
+            row["reference_tokens"] = None if targets.ref_ids is None else len(targets.ref_ids)
+            row["logprob"] = condition_logprobs(loaded, r, row["removed"], targets, batch_size)
         per_trace.append(row)
     conditions = {}
     for cond in CONDITIONS:
         conditions[cond] = {f"pass@{k}": (float(np.mean([pass_at_k(n_samples, c, k) for c in counts[cond]]))
-                                          if counts[cond] else None) for k in ks}
-        conditions[cond]["n_traces"] = len(counts[cond])
-    return {"n_traces": len(per_trace), "m": m, "conditions": conditions, "mode": mode, "n_samples": n_samples,
-            "temperature": temperature, "ks": list(ks), "skipped_too_few_steps": skipped, "per_trace": per_trace}
+                                          if counts[cond] else None) for k in ks} if sampling else {}
+        conditions[cond]["n_traces"] = len(per_trace)
+    logprob, gaps = summarize(per_trace, n_samples if sampling else None, n_boot, seed)
+    if scoring:
+        for cond in CONDITIONS:
+            conditions[cond]["logprob"] = logprob[cond]
+    return {"n_traces": len(per_trace), "m": m, "measure": measure, "conditions": conditions, "gaps": gaps,
+            "mode": mode, "n_samples": n_samples if sampling else None, "temperature": temperature,
+            "ks": list(ks) if sampling else [], "skipped_too_few_steps": skipped, "per_trace": per_trace}
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """One flat row per condition (pass@k, log p(F) and of the reference with CIs): for tables."""
+    rows = []
+    for cond, c in result["conditions"].items():
+        row = {"removed": cond, "n_traces": c["n_traces"], **{k: v for k, v in c.items() if k.startswith("pass@")}}
+        for key, v in c.get("logprob", {}).items():
+            row[f"log p {key}"], row[f"{key} CI"] = v["mean"], _ci_text(v)
+        rows.append(row)
+    return rows
+
+
+def gap_lines(result: dict) -> list[str]:
+    """One line per paired gap: each measure's mean difference with its 95% CI."""
+    return [f"{name}: " + "; ".join(f"{k} {v['mean']:+.3f} [{_ci_text(v)}]" for k, v in g.items() if v["n"])
+            for name, g in result.get("gaps", {}).items()]
+
+
+def _ci_text(v: dict) -> str:
+    return "-" if v["mean"] is None else f"{v['ci_low']:.3f}, {v['ci_high']:.3f}"
 
 
 def ablation_figure(result: dict) -> go.Figure:
-    """pass@k of each condition, grouped by k."""
-    ks = result["ks"]
-    fig = go.Figure()
+    """pass@k of each condition grouped by k, and log p per token of F (and of the reference
+    answer) with 95% CIs, each in its own panel when measured."""
+    ks = result.get("ks") or []
+    has_lp = any("logprob" in result["conditions"][c] for c in CONDITIONS)
+    panels = [t for t, on in (("pass@k (sampled answers)", bool(ks)),
+                              ("log p per token, teacher-forced after </think>", has_lp)) if on]
+    fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=panels)
+    colors = dict(zip(CONDITIONS, ("#636efa", "#ef553b", "#00cc96", "#ab63fa")))
     for cond in CONDITIONS:
         c = result["conditions"][cond]
-        fig.add_trace(go.Bar(name=cond, x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks]))
-    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="pass@k",
-                      title=f"Step ablation ({result['mode']}, m={result['m']}, {result['n_traces']} traces, "
-                            f"n={result['n_samples']})", legend_title="removed steps")
+        if ks:
+            fig.add_trace(go.Bar(name=cond, x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks],
+                                 marker_color=colors[cond], legendgroup=cond), row=1, col=1)
+        if has_lp:
+            keys = [k for k in ("F_per_token", "reference_per_token") if c["logprob"].get(k, {}).get("mean") is not None]
+            v = [c["logprob"][k] for k in keys]
+            fig.add_trace(go.Bar(name=cond, x=["F (own answer)" if k == "F_per_token" else "reference answer"
+                                               for k in keys],
+                                 y=[x["mean"] for x in v], marker_color=colors[cond], legendgroup=cond,
+                                 showlegend=not ks,
+                                 error_y={"type": "data", "symmetric": False,
+                                          "array": [x["ci_high"] - x["mean"] for x in v],
+                                          "arrayminus": [x["mean"] - x["ci_low"] for x in v]}),
+                          row=1, col=len(panels))
+    if ks:
+        fig.update_yaxes(range=[0, 1], title_text="pass@k", row=1, col=1)
+    if has_lp:
+        fig.update_yaxes(title_text="mean log p per token (nats)", row=1, col=len(panels))
+    samples = f", n={result['n_samples']}" if ks else ""
+    fig.update_layout(barmode="group", legend_title="removed steps",
+                      title=f"Step ablation ({result['mode']}, m={result['m']}, {result['n_traces']} traces{samples})")
     return fig

@@ -1,4 +1,5 @@
-"""Step ablation: pass@k after removing the highest / lowest / random KFH-score steps.
+"""Step ablation: pass@k and the answer's log-probability after removing the highest / lowest /
+random KFH-score steps.
 
 Plots ``ablation.json`` of the sidebar's run directory, and runs a small ablation in-process on
 the current trace set (its correct traces, the KFHs chosen on the Heads page).
@@ -11,7 +12,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from analyses.ablation import MODES, ablation_figure, run_ablation
+from analyses.ablation import MEASURES, MODES, ablation_figure, gap_lines, run_ablation, summary_rows
 from app_pages.data import run_records
 from app_pages.export import figure_downloads
 from app_pages.state import USER_ERRORS, model_or_error, selected_heads, settings, show_run_file, workspace
@@ -23,7 +24,9 @@ def show(result: dict, name: str) -> None:
     fig = ablation_figure(result)
     st.plotly_chart(fig, key=f"fig-{name}")
     figure_downloads(fig, name)
-    st.dataframe(pd.DataFrame(result["conditions"]).T, key=f"table-{name}")
+    st.dataframe(pd.DataFrame(summary_rows(result)), key=f"table-{name}")
+    if lines := gap_lines(result):
+        st.caption("Paired gaps, mean over traces [95% CI]: " + " · ".join(lines))
 
 
 st.title("Step ablation")
@@ -33,12 +36,14 @@ show_run_file(s, "ablation.json", show, "Write one with `python experiments/abla
 
 st.subheader("Run a small ablation")
 st.caption("Uses the correct traces of the current trace set and the KFHs chosen on the Heads page; "
-           "answers are sampled after `</think>` is forced (or the model continues reasoning).")
-c1, c2, c3, c4 = st.columns(4)
+           "answers are sampled after `</think>` is forced (or the model continues reasoning), and the "
+           "trace's own answer is scored, teacher-forced, for its log-probability.")
+c1, c2, c3, c4, c5 = st.columns(5)
 n_traces = c1.number_input("traces", 1, 64, 4, key="abl_traces")
 m = c2.number_input("steps removed (m)", 1, 8, 1, key="abl_m")
 n_samples = c3.number_input("answers per trace", 1, 64, 8, key="abl_samples")
 mode = c4.selectbox("mode", MODES, key="abl_mode")
+measure = c5.selectbox("measure", MEASURES, key="abl_measure")
 if st.button("Run ablation", key="abl_run"):
     loaded, ws = model_or_error(s), workspace(s)
     if loaded is not None and ws is not None:
@@ -53,7 +58,7 @@ if st.button("Run ablation", key="abl_run"):
             with st.spinner(f"Sampling {n_samples} answers x 4 conditions x {len(chosen)} traces ..."):
                 result = run_ablation(loaded, [records[ws.traces[i].trace_id] for i in chosen],
                                       [ws.step_scores(i, heads) for i in chosen], int(m), verifier,
-                                      n_samples=int(n_samples), ks=ks, mode=mode, progress=False)
+                                      n_samples=int(n_samples), ks=ks, mode=mode, measure=measure, progress=False)
             st.session_state["ablation_run"] = {**result, "kfh": [head_name(h) for h in heads], "model": loaded.name}
         except USER_ERRORS as e:
             st.error(str(e))

@@ -215,6 +215,8 @@ def test_launch_small_ablation_and_stability_then_plot_them_from_a_run_dir(tmp_p
     ablation = at.session_state["ablation_run"]
     assert set(ablation["conditions"]) == {"none", "high", "low", "random"}
     assert ablation["ks"] == [1, 2] and at.get("plotly_chart")
+    assert ablation["measure"] == "both" and "F_per_token" in ablation["conditions"]["high"]["logprob"]
+    assert "log p F_per_token" in at.dataframe[0].value.columns
 
     at.switch_page("app_pages/stability.py").run()
     at.number_input(key="stab_traces").set_value(4)

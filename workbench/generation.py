@@ -1,4 +1,5 @@
-"""Batched sampling with a KV cache, returning the exact token ids sampled.
+"""Batched sampling with a KV cache, returning the exact token ids sampled, and teacher-forced
+log-probabilities of given continuations (`tail_logprobs`).
 
 Everything downstream (segmentation, scoring, training) works on the sampled ids, never on
 re-tokenised text, so prompts are left-padded and each response is cut after its first EOS.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -32,6 +34,24 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
         ids[i, width - len(r) :] = torch.tensor(r)
         mask[i, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def tail_logprobs(model, pad_id: int, rows: list[list[int]], tail_len: int, batch_size: int = 8) -> np.ndarray:
+    """[len(rows), tail_len] log p of each of the last ``tail_len`` tokens of each row, teacher-forced.
+
+    Rows are left-padded so every tail sits at the end and only its logits are computed.
+    """
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        ids, mask = left_pad(rows[start : start + batch_size], pad_id, device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=tail_len + 1).logits[:, :-1].float()
+        targets = ids[:, ids.shape[1] - tail_len :]
+        out.append(logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0].cpu())
+    return torch.cat(out).double().numpy()
 
 
 @torch.no_grad()

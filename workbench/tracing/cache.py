@@ -1,7 +1,8 @@
 """Disk cache of step scores, so re-running an analysis does not re-trace.
 
-One safetensors file per (model fingerprint, token ids, spans, head set); the backend is not
-part of the key because all backends give the same numbers.  Writes go to a temporary file
+One safetensors file per (model fingerprint, token ids, spans, head set, what is stored: step
+scores or the step x step attention); the backend is not part of the key because all backends
+give the same numbers.  Writes go to a temporary file
 that is renamed into place, so a killed run never leaves a half-written entry.
 """
 
@@ -28,9 +29,12 @@ class ScoreCache:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def key(fingerprint: str, item: TraceItem, heads: list[Head] | None) -> str:
+    def key(fingerprint: str, item: TraceItem, heads: list[Head] | None, what: str | None = None) -> str:
+        """``what``: None for step scores (keys as before), else the name of another quantity."""
         content = [SCORE_VERSION, fingerprint, list(item.input_ids), [list(s) for s in item.steps],
                    list(item.answer), "all" if heads is None else [list(h) for h in heads]]
+        if what is not None:
+            content.append(what)
         return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:32]
 
     def _path(self, key: str) -> Path:

@@ -6,6 +6,9 @@ first computes, for the requested heads, only the answer rows of the attention, 
 post-RoPE queries and keys the model hands it, then calls the original implementation unchanged.
 Those rows are reduced at once to step means: O(H·|F|·T) transient memory per layer (less,
 as rows are chunked), O(L·H·K) kept.
+
+``AttentionRecorder`` is that mechanism; a subclass says what a layer's rows are reduced to
+(``StepScoreRecorder`` here, the step x step matrix in step_attention.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from workbench.tracing.items import Span, check_spans
 from workbench.tracing.reduce import HeadLayout, span_means
 
 CHUNK_ELEMENTS = 1 << 24  # logits computed per chunk of answer rows: at most 64 MB of fp32
-_ACTIVE: dict[int, "StepScoreRecorder"] = {}  # id(model config) -> the recorder capturing from it
+_ACTIVE: dict[int, "AttentionRecorder"] = {}  # id(model config) -> the recorder capturing from it
 
 
 def _capturing(original: str, name: str):
@@ -54,8 +57,8 @@ def _register(original: str) -> str:
     return name
 
 
-def _answer_mask(mask, b: int, r0: int, r1: int, n_keys: int, kwargs: dict, device) -> torch.Tensor:
-    """How the model masks answer rows [r0, r1) of batch row b, [r1 - r0, n_keys]: a bool tensor
+def rows_mask(mask, b: int, r0: int, r1: int, n_keys: int, kwargs: dict, device) -> torch.Tensor:
+    """How the model masks query rows [r0, r1) of batch row b, [r1 - r0, n_keys]: a bool tensor
     (True = hidden) or, for eager attention, the model's additive float mask."""
     if mask is not None and mask.dim() == 4:  # SDPA (bool, True = attend) or eager (additive) mask
         m = mask[b if mask.shape[0] > 1 else 0, 0, r0:r1, :n_keys]
@@ -84,13 +87,33 @@ def _kv_runs(heads: list[int], n_heads: int, n_kv: int, device) -> list[tuple[in
     return runs
 
 
-class StepScoreRecorder:
-    """Capture step scores of ``heads`` during an ordinary forward pass (no second pass).
+def head_probs(query: torch.Tensor, keys: torch.Tensor, runs, r0: int, r1: int, hidden: torch.Tensor,
+               scaling: float):
+    """Attention probabilities of query rows [r0, r1) of one batch row, per run of heads sharing a KV head.
+
+    ``query`` [H, T, D] and ``keys`` [KV, n_keys, D] (float32) of that batch row; ``hidden``
+    [r1 - r0, n_keys] as `rows_mask` gives it.  Yields (where the run sits, probs [g, r1 - r0, n_keys]).
+    """
+    n_keys = keys.shape[1]
+    for kv, at, idx in runs:
+        q = query[idx, r0:r1].float()  # [g, r1 - r0, D]
+        # one 2-D matmul for the whole run: several times faster on CPU than a batched one
+        logits = (q.reshape(-1, q.shape[-1]) @ keys[kv].T).view(len(idx), r1 - r0, n_keys).mul_(scaling)
+        if hidden.dtype == torch.bool:
+            logits.masked_fill_(hidden, -torch.inf)
+        else:
+            logits.add_(hidden)
+        yield at, logits.softmax(-1)
+
+
+class AttentionRecorder:
+    """Reduce the attention of ``heads`` during an ordinary forward pass (no second pass).
 
     ``rows[b] = (steps, answer)`` in padded-tensor coordinates of batch row b; padding is read
-    from the attention mask the model builds.  After the ``with`` block, ``scores[b]`` is a
-    float32 CPU tensor [len(heads), K_b].  The model's outputs are unchanged.  One forward pass
-    per recorder.
+    from the attention mask the model builds.  A subclass says what each layer's attention of
+    batch row b is reduced to (`reduce`); after the ``with`` block, ``scores[b]`` holds the
+    reductions of every head, float32 on the CPU, heads first in request order.  The model's
+    outputs are unchanged.  One forward pass per recorder.
     """
 
     def __init__(self, model, heads: list[Head], rows: list[tuple[list[Span], Span]], names: list[str] | None = None):
@@ -108,10 +131,10 @@ class StepScoreRecorder:
         self.scores: list[torch.Tensor] = []
         self._parts: list[dict[int, torch.Tensor]] = [{} for _ in rows]
 
-    def __enter__(self) -> "StepScoreRecorder":
+    def __enter__(self):
         config = self.model.config
         if id(config) in _ACTIVE:
-            raise RuntimeError("a StepScoreRecorder is already active on this model")
+            raise RuntimeError("an attention recorder is already active on this model")
         self._original = config._attn_implementation or "eager"
         config._attn_implementation = _register(self._original)
         _ACTIVE[id(config)] = self
@@ -134,7 +157,7 @@ class StepScoreRecorder:
 
     @torch.no_grad()
     def capture(self, module, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict) -> None:
-        """query [B, H, T, D], key [B, KV, T, D] after RoPE -> step scores of this layer's heads."""
+        """query [B, H, T, D], key [B, KV, T, D] after RoPE -> this layer's reductions, per batch row."""
         heads = self.layout.by_layer.get(module.layer_idx)
         if not heads:
             return
@@ -149,19 +172,26 @@ class StepScoreRecorder:
         for b, (_, (a0, a1)) in enumerate(self.rows):
             if a1 > query.shape[2]:
                 raise ValueError(f"{self.names[b]}: answer span ({a0}, {a1}) is outside the {query.shape[2]} tokens")
-            keys = key[b, :, :a1].float()  # [KV, a1, D]
-            mass = torch.zeros(len(heads), a1, device=query.device)  # attention each key gets from F
-            chunk = max(1, CHUNK_ELEMENTS // (len(heads) * a1))
-            for r0 in range(a0, a1, chunk):
-                r1 = min(r0 + chunk, a1)
-                hidden = _answer_mask(mask, b, r0, r1, a1, kwargs, query.device)  # [r1 - r0, a1]
-                for kv, at, idx in self._runs[module.layer_idx]:
-                    q = query[b, idx, r0:r1].float()  # [g, r1 - r0, D]
-                    # one 2-D matmul for the whole run: several times faster on CPU than a batched one
-                    logits = (q.reshape(-1, q.shape[-1]) @ keys[kv].T).view(len(idx), r1 - r0, a1).mul_(scaling)
-                    if hidden.dtype == torch.bool:
-                        logits.masked_fill_(hidden, -torch.inf)
-                    else:
-                        logits.add_(hidden)
-                    mass[at] += logits.softmax(-1).sum(1)
-            self._parts[b][module.layer_idx] = span_means(mass, self._steps[b])
+            self._parts[b][module.layer_idx] = self.reduce(b, len(heads), self._runs[module.layer_idx], query[b],
+                                                           key[b], mask, kwargs, scaling)
+
+    def reduce(self, b: int, n_heads: int, runs, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict,
+               scaling: float) -> torch.Tensor:
+        """One layer's attention of batch row b (query [H, T, D], key [KV, T, D]) -> [n_heads, ...]."""
+        raise NotImplementedError
+
+
+class StepScoreRecorder(AttentionRecorder):
+    """Answer->step scores: ``scores[b]`` is [len(heads), K_b] (only the answer rows are computed)."""
+
+    def reduce(self, b, n_heads, runs, query, key, mask, kwargs, scaling):
+        a0, a1 = self.rows[b][1]
+        keys = key[:, :a1].float()  # [KV, a1, D]
+        mass = torch.zeros(n_heads, a1, device=query.device)  # attention each key gets from F
+        chunk = max(1, CHUNK_ELEMENTS // (n_heads * a1))
+        for r0 in range(a0, a1, chunk):
+            r1 = min(r0 + chunk, a1)
+            hidden = rows_mask(mask, b, r0, r1, a1, kwargs, query.device)  # [r1 - r0, a1]
+            for at, probs in head_probs(query, keys, runs, r0, r1, hidden, scaling):
+                mass[at] += probs.sum(1)
+        return span_means(mass, self._steps[b])
