@@ -30,7 +30,7 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
-from analyses.sra import bootstrap_ci
+from analyses.sra import mean_ci
 from workbench.generation import tail_logprobs
 from workbench.models import LoadedModel
 from workbench.steps import token_char_offsets
@@ -179,15 +179,6 @@ def condition_logprobs(loaded: LoadedModel, record: TraceRecord, removed: dict[s
         for c, lp in zip(conds, tail_logprobs(loaded.model, pad, rows, len(targets.ref_ids), batch_size)):
             out[c].update(reference_total=float(lp.sum()), reference_per_token=float(lp.mean()))
     return out
-
-
-def mean_ci(values: list[float], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Mean over traces with a bootstrap 95% CI (None when there are no values)."""
-    if not values:
-        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
-    v = np.asarray(values, dtype=np.float64)
-    low, high = bootstrap_ci(v, n_boot, seed=seed)
-    return {"mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high), "n": len(v)}
 
 
 def _per_trace_measures(row: dict, n_samples: int | None) -> dict[str, dict[str, float]]:

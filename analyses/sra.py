@@ -71,6 +71,15 @@ def bootstrap_ci(per_trace: np.ndarray, n_boot: int = 1000, alpha: float = 0.05,
     return np.quantile(means, alpha / 2, axis=0), np.quantile(means, 1 - alpha / 2, axis=0)
 
 
+def mean_ci(values, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean over traces of per-trace ``values`` with its bootstrap 95% CI (Nones when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    low, high = bootstrap_ci(v, n_boot, seed=seed)
+    return {"mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high), "n": len(v)}
+
+
 @dataclass
 class SRAResult:
     sra: np.ndarray  # [...] mean over valid traces (NaN when none)
@@ -192,13 +201,15 @@ def sra_table(result: Discovery) -> list[dict]:
 
 
 def heatmap_figure(sra_lh: np.ndarray, title: str = "SRA per head (held-out)",
-                   marked: list[Head] | None = None) -> go.Figure:
-    """Layer x head heatmap, 0.5 (chance) in white; selected heads outlined."""
+                   marked: list[Head] | None = None, label: str = "SRA") -> go.Figure:
+    """Layer x head heatmap, 0.5 (chance) in white; selected heads outlined.  Another ``label``
+    (any per-head score, e.g. a label-free ranker's) gets its own colour range."""
     n_layers, n_heads = sra_lh.shape
+    scale = {"zmin": 0, "zmax": 1, "zmid": 0.5, "colorscale": "RdBu_r"} if label == "SRA" else {"colorscale": "Viridis"}
     fig = go.Figure(go.Heatmap(z=sra_lh, x=[f"H{h}" for h in range(n_heads)], y=[f"L{l}" for l in range(n_layers)],
-                               zmin=0, zmax=1, zmid=0.5, colorscale="RdBu_r", colorbar={"title": "SRA"},
+                               colorbar={"title": label}, **scale,
                                text=np.round(sra_lh, 2), texttemplate="%{text}" if sra_lh.size <= 400 else None,
-                               hovertemplate="layer %{y} head %{x}: SRA %{z:.3f}<extra></extra>"))
+                               hovertemplate=f"layer %{{y}} head %{{x}}: {label} %{{z:.3f}}<extra></extra>"))
     for layer, head in marked or []:
         fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
                       line={"color": "black", "width": 3})

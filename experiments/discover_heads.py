@@ -3,11 +3,16 @@
     python experiments/discover_heads.py --model organism --n-traces 200 --out runs/discover
     python experiments/discover_heads.py --model smollm2 --traces ../shared/data/r1-traces/x.jsonl \\
         --labels chunks --n-traces 6 --out runs/discover-smollm2
+    python experiments/discover_heads.py --model M --traces T.jsonl --labels none --rank-by receiver --out DIR
 
 KFHs are the top-N heads by SRA on a discovery split; the SRA (with a bootstrap CI) that
 ``sra.csv`` reports is measured on the held-out rest, next to trivial rankers (``baselines.json``).
 Writes: sra.csv, kfh.json, traces.jsonl, labels.jsonl, scores.safetensors, baselines.json,
 figures/sra_heatmap.*, figures/sra_by_layer.*.
+
+``--labels none``: no labels, so no SRA; the heads are ranked over all traces by a label-free
+ranker (``--rank-by``, analyses/label_free.py).  Writes kfh.json (the ranker recorded, SRA null),
+label_free.csv, traces.jsonl, scores.safetensors, figures/label_free_heatmap.*.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import pandas as pd
 from safetensors.torch import save_file
 
 from analyses.figures import save_figure
+from analyses.label_free import PROXIMITY, RANKERS, as_tensors, gather_evidence, label_free_heads
 from analyses.labels import get_labels, label_codes, write_labels
 from analyses.sra import by_layer_figure, discover, heatmap_figure, sra_table
-from workbench.heads import model_shape
+from workbench.heads import head_name, model_shape
 from workbench.kfh import KFHSelection, save_kfh
 from workbench.models import LoadedModel, load_model
 from workbench.traces import add_trace_arguments, default_preset, is_organism, traces_from_args, write_traces
@@ -38,8 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path)
     add_trace_arguments(p, n_traces=200)
     p.add_argument("--labels", default=None,
-                   help="organism | file:PATH | counterfactual[:top=F|:threshold=NATS] | chunks "
-                        "(default: organism for the organism, else counterfactual)")
+                   help="organism | file:PATH | counterfactual[:top=F|:threshold=NATS] | chunks | none "
+                        "(default: organism for the organism, else counterfactual; none: rank without labels)")
+    p.add_argument("--rank-by", choices=RANKERS, default="receiver",
+                   help="with --labels none: the label-free ranker (receiver: one forward per trace; "
+                        "counterfactual: K + 1 forwards per trace)")
+    p.add_argument("--proximity", type=int, default=PROXIMITY, help="receiver: nearest later segments left out")
     p.add_argument("--top-n", type=int, default=3)
     p.add_argument("--discovery-frac", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
     loaded = loaded or load_model(args.model, device=args.device)
     labels_spec = args.labels or ("organism" if is_organism(loaded) else "counterfactual")
     records = traces_from_args(args, loaded)
+    if labels_spec == "none":
+        return label_free(args, loaded, records)
     labels = get_labels(labels_spec, records, loaded)
     codes = [label_codes(x) for x in labels]
     scores = trace_step_scores(loaded, [r.item() for r in records], backend=args.backend,
@@ -96,6 +108,38 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
     save_figure(by_layer_figure(result.held_out.sra, result.baselines), out / "figures", "sra_by_layer")
     _report(table, sel, result, summary)
     return summary
+
+
+def label_free(args: argparse.Namespace, loaded: LoadedModel, records: list) -> dict:
+    """``--labels none``: rank heads with ``--rank-by`` over all traces, write kfh.json without SRA."""
+    evidence = gather_evidence(loaded, records, [args.rank_by], cache=args.cache and ScoreCache(args.cache),
+                               batch_size=args.batch_size)
+    heads, scores = label_free_heads(evidence, args.rank_by, args.top_n, args.proximity)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    n_layers, n_heads, _ = model_shape(loaded.model.config)
+    settings = {"n_traces": len(records), "traces": args.traces, "preset": args.preset or default_preset(loaded),
+                "labels": "none", "method": args.rank_by, "proximity": args.proximity, "top_n": args.top_n,
+                "score": [float(scores[h]) for h in heads], "temperature": args.temperature,
+                "note": "ranked without labels: no SRA was measured"}
+    sel = KFHSelection(loaded.name, loaded.fingerprint, n_layers, n_heads, heads, [float("nan")] * len(heads),
+                       settings)
+    save_kfh(out / "kfh.json", sel)
+    write_traces(out / "traces.jsonl", records)
+    save_file({r.trace_id: t for r, t in zip(records, as_tensors(evidence.step_scores))},
+              str(out / "scores.safetensors"),
+              metadata={"model": loaded.name, "fingerprint": loaded.fingerprint, "shape": "[layers, heads, steps]"})
+    table = pd.DataFrame([{"layer": l, "head": h, "name": head_name((l, h)), args.rank_by: scores[l, h]}
+                          for l in range(n_layers) for h in range(n_heads)])
+    table.to_csv(out / "label_free.csv", index=False)
+    save_figure(heatmap_figure(scores, f"label-free {args.rank_by} score per head, {len(records)} traces", heads,
+                               label=args.rank_by), out / "figures", "label_free_heatmap")
+    print(f"\nKFHs by the label-free {args.rank_by} ranker over {len(records)} traces: {', '.join(sel.names)}")
+    print(table.sort_values(args.rank_by, ascending=False).head(max(5, len(heads))).to_string(
+        index=False, float_format=lambda v: f"{v:.3f}"))
+    print("No SRA without labels: these heads are ranked, not validated. Check them with "
+          "experiments/ablate_steps.py --measure logprob, or give labels (--labels file:PATH | counterfactual).")
+    return {"kfh": sel.names, "method": args.rank_by, "scores": {head_name(h): float(scores[h]) for h in heads}}
 
 
 def _num(x) -> float | None:
