@@ -12,8 +12,9 @@ either or both of:
   and read log p(F), in total and per token; where the reference answer is known, also its
   log-probability right after the cut trace, ``</think>`` and F's box opening (``\\boxed{``),
   as Thought Anchors forces the answer -- not after F's own text, which may restate the
-  solution and so give the answer away.  Two forwards per condition, no sampling: a continuous
-  measure that moves on models far below competence too.
+  solution and so give the answer away.  One forward of the cut trace per condition (both
+  endings read its KV cache), no sampling: a continuous measure that moves on models far below
+  competence too.
 
 Each measure's mean over traces comes with a bootstrap CI, and so does each paired gap between
 conditions (e.g. low - high: how much more removing the high-score steps costs).
@@ -31,7 +32,7 @@ from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 from analyses.sra import mean_ci
-from workbench.generation import tail_logprobs
+from workbench.generation import continuation_logprobs
 from workbench.models import LoadedModel
 from workbench.steps import token_char_offsets
 from workbench.traces import TraceRecord
@@ -165,19 +166,19 @@ def answer_targets(record: TraceRecord, tokenizer) -> AnswerTargets:
 
 
 def condition_logprobs(loaded: LoadedModel, record: TraceRecord, removed: dict[str, list[int]],
-                       targets: AnswerTargets, batch_size: int = 8) -> dict[str, dict[str, float]]:
+                       targets: AnswerTargets) -> dict[str, dict[str, float]]:
     """Per condition: log p(F) (total, per token) right after the cut trace and ``</think>``, and,
     when ``targets`` has a reference, log p(reference) right after the cut trace, ``</think>`` and
-    the box opening -- not after F's own text before the box, which may restate the answer."""
-    pad = loaded.tokenizer.pad_token_id or 0
-    conds = list(removed)
-    prefixes = [ablated_prefix(record, removed[c], "forced") for c in conds]
-    f_lp = tail_logprobs(loaded.model, pad, [p + targets.f_ids for p in prefixes], len(targets.f_ids), batch_size)
-    out = {c: {"F_total": float(lp.sum()), "F_per_token": float(lp.mean())} for c, lp in zip(conds, f_lp)}
-    if targets.ref_ids is not None:
-        rows = [p + targets.box_ids + targets.ref_ids for p in prefixes]
-        for c, lp in zip(conds, tail_logprobs(loaded.model, pad, rows, len(targets.ref_ids), batch_size)):
-            out[c].update(reference_total=float(lp.sum()), reference_per_token=float(lp.mean()))
+    the box opening -- not after F's own text before the box, which may restate the answer.
+    One forward of the cut trace per condition; both endings read its KV cache."""
+    out = {}
+    for cond, steps in removed.items():
+        endings = [targets.f_ids] + ([targets.box_ids + targets.ref_ids] if targets.ref_ids is not None else [])
+        lp = continuation_logprobs(loaded.model, ablated_prefix(record, steps, "forced"), endings)
+        out[cond] = {"F_total": float(lp[0].sum()), "F_per_token": float(lp[0].mean())}
+        if targets.ref_ids is not None:
+            ref = lp[1][len(targets.box_ids) :]
+            out[cond].update(reference_total=float(ref.sum()), reference_per_token=float(ref.mean()))
     return out
 
 
@@ -249,7 +250,7 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
             targets = answer_targets(r, tok)
             row["F_tokens"] = len(targets.f_ids)
             row["reference_tokens"] = None if targets.ref_ids is None else len(targets.ref_ids)
-            row["logprob"] = condition_logprobs(loaded, r, row["removed"], targets, batch_size)
+            row["logprob"] = condition_logprobs(loaded, r, row["removed"], targets)
         per_trace.append(row)
     conditions = {}
     for cond in CONDITIONS:

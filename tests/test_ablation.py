@@ -182,7 +182,7 @@ def test_condition_logprobs_equal_a_direct_forward(tiny_qwen2):
     r = reference_organism(tok, 1, seed=8)[0]
     t = answer_targets(r, tok)
     removed = {"none": [], "high": [1, 2], "low": [3]}
-    got = condition_logprobs(tiny_qwen2, r, removed, t, batch_size=2)  # rows of different lengths, padded
+    got = condition_logprobs(tiny_qwen2, r, removed, t)
     for cond, steps in removed.items():
         prefix = ablated_prefix(r, steps, "forced")
         f = _direct_tail_logprobs(model, prefix + t.f_ids, len(t.f_ids))
