@@ -288,35 +288,37 @@ def _ci_text(v: dict) -> str:
 
 
 def ablation_figure(result: dict) -> go.Figure:
-    """pass@k of each condition grouped by k, and log p per token of F (and of the reference
-    answer) with 95% CIs, each in its own panel when measured."""
+    """One panel per measure taken: pass@k of each condition grouped by k; and the change in log p
+    of F and of the reference answer when steps are removed, paired per trace against the intact
+    trace, with 95% CIs (each on its own scale)."""
     ks = result.get("ks") or []
-    has_lp = any("logprob" in result["conditions"][c] for c in CONDITIONS)
-    panels = [t for t, on in (("pass@k (sampled answers)", bool(ks)),
-                              ("log p per token, teacher-forced after </think>", has_lp)) if on]
-    fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=panels)
+    removed = [c for c in CONDITIONS if c != "none"]
+    rows = [row["logprob"] for row in result.get("per_trace", []) if "logprob" in row]
+    changes = {k: [mean_ci([r[c][k] - r["none"][k] for r in rows if k in r[c]]) for c in removed]
+               for k in ("F_total", "reference_total")}
+    changes = {k: v for k, v in changes.items() if all(x["n"] for x in v)}
+    titles = {"F_total": "Δ log p(F), the trace's own answer", "reference_total": "Δ log p(reference answer)"}
+    panels = (["pass@k (sampled answers)"] if ks else []) + [titles[k] for k in changes]
+    fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=panels, horizontal_spacing=0.1)
     colors = dict(zip(CONDITIONS, ("#636efa", "#ef553b", "#00cc96", "#ab63fa")))
     for cond in CONDITIONS:
-        c = result["conditions"][cond]
         if ks:
+            c = result["conditions"][cond]
             fig.add_trace(go.Bar(name=cond, x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks],
                                  marker_color=colors[cond], legendgroup=cond), row=1, col=1)
-        if has_lp:
-            keys = [k for k in ("F_per_token", "reference_per_token") if c["logprob"].get(k, {}).get("mean") is not None]
-            v = [c["logprob"][k] for k in keys]
-            fig.add_trace(go.Bar(name=cond, x=["F (own answer)" if k == "F_per_token" else "reference answer"
-                                               for k in keys],
-                                 y=[x["mean"] for x in v], marker_color=colors[cond], legendgroup=cond,
-                                 showlegend=not ks,
-                                 error_y={"type": "data", "symmetric": False,
-                                          "array": [x["ci_high"] - x["mean"] for x in v],
-                                          "arrayminus": [x["mean"] - x["ci_low"] for x in v]}),
-                          row=1, col=len(panels))
+    for col, values in enumerate(changes.values(), start=2 if ks else 1):
+        fig.add_trace(go.Bar(x=removed, y=[v["mean"] for v in values], showlegend=False,
+                             marker_color=[colors[c] for c in removed],
+                             error_y={"type": "data", "symmetric": False,
+                                      "array": [v["ci_high"] - v["mean"] for v in values],
+                                      "arrayminus": [v["mean"] - v["ci_low"] for v in values]}),
+                      row=1, col=col)
+        fig.update_yaxes(title_text="vs nothing removed, mean over traces (nats)", row=1, col=col)
+        fig.update_xaxes(title_text="steps removed", row=1, col=col)
     if ks:
         fig.update_yaxes(range=[0, 1], title_text="pass@k", row=1, col=1)
-    if has_lp:
-        fig.update_yaxes(title_text="mean log p per token (nats)", row=1, col=len(panels))
     samples = f", n={result['n_samples']}" if ks else ""
     fig.update_layout(barmode="group", legend_title="removed steps",
-                      title=f"Step ablation ({result['mode']}, m={result['m']}, {result['n_traces']} traces{samples})")
+                      title=f"Step ablation ({result.get('measure', 'passk')}, m={result['m']}, {result['n_traces']} "
+                            f"traces{samples}; log p teacher-forced after </think>)")
     return fig

@@ -223,18 +223,19 @@ def label_free_figure(summary: dict, baselines: dict[str, float] | None = None, 
     scatter = scatter or {}
     cols = max(1, len(scatter))
     specs = [[{"colspan": cols}] + [None] * (cols - 1)] + ([[{}] * cols] if scatter else [])
-    fig = make_subplots(rows=len(specs), cols=cols, specs=specs, vertical_spacing=0.18,
+    fig = make_subplots(rows=len(specs), cols=cols, specs=specs, vertical_spacing=0.2,
                         subplot_titles=["held-out SRA of the chosen top heads (mean ± std over seeds)",
-                                        *[f"{m}: score vs held-out SRA, per head" for m in scatter]])
+                                        *[f"{m}, per head" for m in scatter]])
     fig.add_trace(go.Bar(x=names, y=[summary[n]["held_out_sra"]["mean"] for n in names],
                          error_y={"type": "data", "array": [summary[n]["held_out_sra"]["std"] for n in names]},
                          marker_color=["#444" if n == "sra" else "#1f77b4" for n in names], showlegend=False,
                          text=[f"{summary[n]['held_out_sra']['mean']:.3f}" for n in names], textposition="outside"),
                   row=1, col=1)
     lines = {"mean head": summary["all_heads_held_out_sra"]["mean"], **(baselines or {})}
-    for label, y in lines.items():
+    for (label, y), dash in zip(lines.items(), ("dash", "dot", "dashdot", "longdash")):
         if y is not None:
-            fig.add_hline(y=y, line_dash="dash", line_color="gray", annotation_text=label, row=1, col=1)
+            fig.add_trace(go.Scatter(x=[names[0], names[-1]], y=[y, y], mode="lines", name=f"{label} ({y:.3f})",
+                                     line={"dash": dash, "color": "gray"}), row=1, col=1)
     fig.update_yaxes(title_text="SRA", range=[0, 1.1], row=1, col=1)
     for c, (method, (score, held)) in enumerate(scatter.items(), start=1):
         n_layers, n_heads = score.shape
@@ -242,7 +243,7 @@ def label_free_figure(summary: dict, baselines: dict[str, float] | None = None, 
                                  text=[head_name((l, h)) for l in range(n_layers) for h in range(n_heads)],
                                  hovertemplate="%{text}: score %{x:.3g}, SRA %{y:.3f}<extra></extra>"),
                       row=2, col=c)
-        fig.update_xaxes(title_text=method, row=2, col=c)
+        fig.update_xaxes(title_text=f"{method} score", row=2, col=c)
         fig.update_yaxes(title_text="held-out SRA" if c == 1 else None, row=2, col=c)
     fig.update_layout(title=title, height=700)
     return fig

@@ -95,7 +95,7 @@ def test_run_ablation_counts_and_skips(tiny_qwen2):
         assert all(0 <= c <= 4 for c in row["correct"].values())
     with pytest.raises(ValueError, match="k <= n samples"):
         run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=4, ks=(8,), progress=False)
-    assert len(ablation_figure(res).data) == 8  # pass@k and log-prob bars per condition
+    assert len(ablation_figure(res).data) == 6  # pass@k bars per condition, log p(F) and of the reference
 
 
 def test_head_ablation_matches_plain_hooks(tiny_qwen2):
@@ -205,9 +205,10 @@ def test_logprob_only_ablation_samples_nothing_and_removes_the_same_steps(tiny_q
     def no_sampling(*args, **kwargs):
         raise AssertionError("the log-prob measure sampled")
 
-    monkeypatch.setattr(ablation, "sample_continuations", no_sampling)
-    lp = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=2, ks=(1, 2), seed=3,
-                      measure="logprob", n_boot=50, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(ablation, "sample_continuations", no_sampling)
+        lp = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=2, ks=(1, 2), seed=3,
+                          measure="logprob", n_boot=50, progress=False)
     assert lp["measure"] == "logprob" and lp["ks"] == [] and lp["n_samples"] is None
     for a, b in zip(both["per_trace"], lp["per_trace"]):
         assert a["removed"] == b["removed"] and a["logprob"] == b["logprob"] and "correct" not in b
@@ -221,7 +222,10 @@ def test_logprob_only_ablation_samples_nothing_and_removes_the_same_steps(tiny_q
     assert gap["mean"] == pytest.approx(lp["conditions"]["low"]["logprob"]["F_total"]["mean"]
                                         - lp["conditions"]["high"]["logprob"]["F_total"]["mean"])
     assert "pass@1" in both["gaps"]["low - high"] and "pass@1" not in lp["gaps"]["low - high"]
-    assert len(ablation_figure(lp).data) == 4 and len(ablation_figure(both).data) == 8
+    passk = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=2, ks=(1, 2), seed=3,
+                         max_new_tokens=4, measure="passk", progress=False)
+    assert "logprob" not in passk["per_trace"][0] and "logprob" not in passk["conditions"]["high"]
+    assert [len(ablation_figure(r).data) for r in (lp, both, passk)] == [2, 6, 4]
     with pytest.raises(ValueError, match="unknown measure 'pass'"):
         run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="pass", progress=False)
 
