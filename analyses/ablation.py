@@ -155,7 +155,10 @@ def answer_targets(record: TraceRecord, tokenizer) -> AnswerTargets:
     if span is None or span[0] == span[1]:
         return AnswerTargets(f)
     (c0, c1), opening = span, text.rfind(BOXED, 0, span[0])
-    covering = lambda a, b: [t for t, (s, e) in enumerate(offsets) if s < b and e > a]  # noqa: E731
+
+    def covering(a: int, b: int) -> list[int]:  # the tokens holding characters [a, b)
+        return [t for t, (s, e) in enumerate(offsets) if s < b and e > a]
+
     inside = covering(c0, c1)
     j0, j1 = inside[0], inside[-1] + 1
     b0 = covering(opening, opening + 1)[0]
