@@ -7,7 +7,9 @@ either or both of:
 - ``passk``: force the end of thinking (append ``</think>``) and sample the answer, or let the
   model continue reasoning from the cut trace.  Each condition samples n answers per trace;
   pass@k uses the unbiased estimator 1 - C(n-c, k) / C(n, k) in its stable product form,
-  averaged over traces.  It carries no signal until the model solves the task.
+  averaged over traces.  It carries no signal until the model solves the task.  The first
+  answers of each condition are kept with their verdicts (``per_trace[].answers``), so a 0 can
+  be looked at.
 - ``logprob``: teacher-force the trace's own answer F right after the cut trace and ``</think>``
   and read log p(F), in total and per token; where the reference answer is known, also its
   log-probability right after the cut trace, ``</think>`` and F's box opening (``\\boxed{``),
@@ -18,12 +20,21 @@ either or both of:
 
 Each measure's mean over traces comes with a bootstrap CI, and so does each paired gap between
 conditions (e.g. low - high: how much more removing the high-score steps costs).
+
+Each trace is seeded on its own (from the seed and its id), so a trace's result does not depend
+on the others: with a ``JsonCache`` every finished trace's measures are stored at once (each
+measure under its own key, so a ``both`` run reuses what a ``passk`` or ``logprob`` run left) and a
+killed run resumes where it stopped, with the numbers an uninterrupted run gives.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
+import time
+import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -32,13 +43,18 @@ from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 from analyses.sra import mean_ci
+from workbench.cache import JsonCache, content_key
 from workbench.generation import continuation_logprobs
 from workbench.models import LoadedModel
 from workbench.steps import token_char_offsets
 from workbench.traces import TraceRecord
 from workbench.verifiers import BOXED, Verifier, last_boxed_span
 
+ABLATION_VERSION = 1  # bump when a cached per-trace result would change meaning
 CONDITIONS = ("none", "high", "low", "random")
+CONDITION_COLOURS = {"none": "#7f7f7f", "high": "#d62728", "low": "#1f77b4", "random": "#ff7f0e"}
+CONDITION_WORDS = {"none": "none (the whole trace)", "high": "the m highest-score steps",
+                   "low": "the m lowest-score steps", "random": "m random steps"}
 CACHE_TOKENS = 16384  # rows x prefix tokens held in one repeated KV cache: bounds memory on long traces
 MODES = ("forced", "continue")
 MEASURES = ("both", "passk", "logprob")
@@ -130,6 +146,38 @@ def sample_continuations(model, prefix: list[int], n: int, max_new_tokens: int, 
     return rows
 
 
+
+def trace_seed(seed: int, trace_id: str) -> int:
+    """A trace's own seed: its result is the same whichever traces run before it."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(trace_id.encode())]).generate_state(1)[0])
+
+
+def removed_steps(s: np.ndarray, m_r: int, seed: int, trace_id: str) -> dict[str, list[int]]:
+    """The steps each condition removes from one trace (the same for every measure)."""
+    rng = np.random.default_rng(trace_seed(seed, trace_id))
+    return {cond: choose_steps(s, m_r, cond, rng) for cond in CONDITIONS}
+
+
+def sample_answers(loaded: LoadedModel, r: TraceRecord, removed: dict[str, list[int]], verifier: Verifier,
+                   n_samples: int, mode: str, temperature: float, budget: int, seed: int, batch_size: int,
+                   keep_answers: int) -> dict:
+    """One trace's pass@k part: the correct count and the first ``keep_answers`` answers (text and
+    verdict) of every condition, and the tokens sampled."""
+    tok = loaded.tokenizer
+    torch.manual_seed(trace_seed(seed, r.trace_id))
+    row = {"correct": {}, "answers": {}, "sampled_tokens": 0}
+    head = r.close_ids if mode == "forced" else []
+    for cond, steps in removed.items():
+        outs = sample_continuations(loaded.model, ablated_prefix(r, steps, mode), n_samples, budget, temperature,
+                                    tok.eos_token_id, batch_size)
+        texts = [tok.decode(head + o, skip_special_tokens=True) for o in outs]
+        verdicts = [bool(verifier(r.prompt, t, r.answer)) for t in texts]
+        row["correct"][cond] = sum(verdicts)
+        row["answers"][cond] = [{"text": t, "correct": v} for t, v in zip(texts[:keep_answers], verdicts)]
+        row["sampled_tokens"] += sum(len(o) for o in outs)
+    return row
+
+
 @dataclass
 class AnswerTargets:
     """What the log-prob measure scores after a cut trace: F, and the reference answer right after
@@ -185,6 +233,26 @@ def condition_logprobs(loaded: LoadedModel, record: TraceRecord, removed: dict[s
     return out
 
 
+
+def score_answers(loaded: LoadedModel, r: TraceRecord, removed: dict[str, list[int]]) -> dict:
+    """One trace's log-prob part: the lengths of F and of the reference, and `condition_logprobs`."""
+    targets = answer_targets(r, loaded.tokenizer)
+    return {"F_tokens": len(targets.f_ids),
+            "reference_tokens": None if targets.ref_ids is None else len(targets.ref_ids),
+            "logprob": condition_logprobs(loaded, r, removed, targets)}
+
+
+def _cached(cache: JsonCache | None, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """``cache[key]``, else ``compute()`` stored under ``key`` at once; and whether it was reused."""
+    part = cache.get(key) if cache is not None else None
+    if part is not None:
+        return part, True
+    part = compute()
+    if cache is not None:
+        cache.put(key, part)
+    return part, False
+
+
 def _per_trace_measures(row: dict, n_samples: int | None) -> dict[str, dict[str, float]]:
     """{condition: {measure: value}} of one per_trace row: pass@1 = c / n and the log-prob keys."""
     out = {c: dict(row.get("logprob", {}).get(c, {})) for c in CONDITIONS}
@@ -204,10 +272,12 @@ def summarize(per_trace: list[dict], n_samples: int | None, n_boot: int = 1000, 
     return logprob, gaps
 
 
+
 def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: list[np.ndarray], m: float,
                  verifier: Verifier, n_samples: int = 32, ks: tuple[int, ...] = (1, 4, 16, 32), mode: str = "forced",
                  temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 32,
-                 measure: str = "both", n_boot: int = 1000, progress: bool = True) -> dict:
+                 measure: str = "both", n_boot: int = 1000, progress: bool = True, cache: JsonCache | None = None,
+                 keep_answers: int = 4, on_progress: Callable[[int, int], None] | None = None) -> dict:
     """pass@k and/or answer log-probs per condition over the traces with more than m removable steps
     (ablation.json content).
 
@@ -215,6 +285,8 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
     2|F| + 8 in forced mode and to the trace's own response length + 2|F| + 8 when continuing.
     ``measure`` is one of `MEASURES`; the log-prob measure scores F after ``</think>`` whatever
     ``mode`` says (``mode`` is how pass@k samples).  The steps removed are the same for both measures.
+    ``warnings`` in the result flags an intact condition already at 0, or every trace skipped.
+    ``on_progress(done, total)`` is called before each trace and at the end (it may raise to stop early).
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown measure {measure!r}; choose from {MEASURES}")
@@ -222,39 +294,54 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
     m = int(m) if float(m).is_integer() else float(m)  # "m": 2 in the JSON, not 2.0
     if sampling and any(k > n_samples for k in ks):
         raise ValueError(f"pass@k needs k <= n samples ({n_samples}); got k = {list(ks)}")
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    tok = loaded.tokenizer
     counts: dict[str, list[int]] = {c: [] for c in CONDITIONS}
-    per_trace, skipped = [], []
-    for r, s in tqdm(list(zip(records, step_scores)), desc=f"ablating steps ({measure})", disable=not progress):
+    per_trace, skipped, reused = [], [], 0
+    bar = tqdm(total=len(records), unit="trace", desc=f"ablating steps ({measure}, {mode})", disable=not progress)
+    t0, sampled = time.monotonic(), 0
+    for i, (r, s) in enumerate(zip(records, step_scores)):
+        if on_progress is not None:
+            on_progress(i, len(records))
         s = np.asarray(s, dtype=np.float64)
         if len(s) != r.n_steps:
             raise ValueError(f"trace {r.trace_id!r}: {len(s)} step scores for {r.n_steps} steps")
         m_r = resolve_m(m, r.n_steps - 1)
         if r.n_steps - 1 <= m_r:
             skipped.append(r.trace_id)
+            bar.update(1)
             continue
-        f_len = r.seg.answer[1] - r.seg.answer[0]
-        budget = max_new_tokens or (2 * f_len + 8 + (len(r.response_ids) if mode == "continue" else 0))
-        row = {"trace_id": r.trace_id, "removed": {}}
-        for cond in CONDITIONS:
-            removed = choose_steps(s, m_r, cond, rng)
-            row["removed"][cond] = removed
-            if sampling:
-                prefix = ablated_prefix(r, removed, mode)
-                outs = sample_continuations(loaded.model, prefix, n_samples, budget, temperature, tok.eos_token_id,
-                                            batch_size)
-                head = r.close_ids if mode == "forced" else []
-                c = sum(verifier(r.prompt, tok.decode(head + o, skip_special_tokens=True), r.answer) for o in outs)
-                counts[cond].append(c)
-                row.setdefault("correct", {})[cond] = c
+        row = {"trace_id": r.trace_id, "removed": removed_steps(s, m_r, seed, r.trace_id)}
+        hits = []
+        if sampling:
+            f_len = r.seg.answer[1] - r.seg.answer[0]
+            budget = max_new_tokens or (2 * f_len + 8 + (len(r.response_ids) if mode == "continue" else 0))
+            key = content_key("ablation", ABLATION_VERSION, loaded.fingerprint, r.trace_id, r.input_ids, r.seg.steps,
+                              s.tolist(), getattr(verifier, "__name__", type(verifier).__name__), m_r, n_samples,
+                              mode, temperature, budget, seed, batch_size, keep_answers)
+            part, hit = _cached(cache, key, lambda: sample_answers(loaded, r, row["removed"], verifier, n_samples,
+                                                                   mode, temperature, budget, seed, batch_size,
+                                                                   keep_answers))
+            sampled += 0 if hit else part["sampled_tokens"]
+            row.update(correct=part["correct"], answers=part["answers"], sampled_tokens=part["sampled_tokens"])
+            hits.append(hit)
+            for cond in CONDITIONS:
+                counts[cond].append(row["correct"][cond])
         if scoring:
-            targets = answer_targets(r, tok)
-            row["F_tokens"] = len(targets.f_ids)
-            row["reference_tokens"] = None if targets.ref_ids is None else len(targets.ref_ids)
-            row["logprob"] = condition_logprobs(loaded, r, row["removed"], targets)
+            key = content_key("ablation-logprob", ABLATION_VERSION, loaded.fingerprint, r.trace_id, r.input_ids,
+                              r.seg.steps, r.seg.answer, r.answer, r.correct, row["removed"])
+            part, hit = _cached(cache, key, lambda: score_answers(loaded, r, row["removed"]))
+            row.update(part)
+            hits.append(hit)
+        reused += all(hits)
         per_trace.append(row)
+        if sampling:
+            bar.set_postfix_str(f"{sampled / max(time.monotonic() - t0, 1e-9):.1f} sampled tok/s", refresh=False)
+        bar.update(1)
+    bar.close()
+    if on_progress is not None:
+        on_progress(len(records), len(records))
+    if progress and reused:
+        tqdm.write(f"ablation: {reused} of {len(per_trace)} traces reused from the cache in {cache.dir}",
+                   file=sys.stderr)
     conditions = {}
     for cond in CONDITIONS:
         conditions[cond] = {f"pass@{k}": (float(np.mean([pass_at_k(n_samples, c, k) for c in counts[cond]]))
@@ -266,7 +353,33 @@ def run_ablation(loaded: LoadedModel, records: list[TraceRecord], step_scores: l
             conditions[cond]["logprob"] = logprob[cond]
     return {"n_traces": len(per_trace), "m": m, "measure": measure, "conditions": conditions, "gaps": gaps,
             "mode": mode, "n_samples": n_samples if sampling else None, "temperature": temperature,
-            "ks": list(ks) if sampling else [], "skipped_too_few_steps": skipped, "per_trace": per_trace}
+            "ks": list(ks) if sampling else [], "skipped_too_few_steps": skipped,
+            "warnings": ablation_warnings(conditions, mode, m, len(skipped)), "per_trace": per_trace}
+
+
+def ablation_warnings(conditions: dict, mode: str, m: float = 1, n_skipped: int = 0) -> list[str]:
+    """Why the result may show nothing: every trace was too short for m, or the intact traces
+    already fail every sampled answer."""
+    if n_skipped and not conditions["none"]["n_traces"]:
+        return [f"all {n_skipped} traces have at most m={m} removable steps and were skipped: lower --m"]
+    intact = [v for k, v in conditions["none"].items() if k.startswith("pass@") and v is not None]
+    if intact and max(intact) == 0:
+        return [f"the intact condition (no step removed) is already at 0: every {mode} answer fails the "
+                "verifier, so removing steps cannot show anything; look at per_trace[].answers in "
+                "ablation.json (a truncated answer: raise --answer-max-new-tokens; a wrong format: --verifier)"]
+    return []
+
+
+def per_trace_ci(result: dict, z: float = 1.96) -> dict[str, dict[int, float | None]]:
+    """Half-width of a normal-approximation 95% CI of each condition's pass@k, over traces
+    (None when ``per_trace`` is absent or holds fewer than two traces)."""
+    rows, n = result.get("per_trace") or [], result["n_samples"]
+    out: dict[str, dict[int, float | None]] = {}
+    for cond in CONDITIONS:
+        counts = [row["correct"][cond] for row in rows if cond in row.get("correct", {})]
+        out[cond] = {k: (float(z * np.std([pass_at_k(n, c, k) for c in counts], ddof=1) / np.sqrt(len(counts)))
+                         if len(counts) > 1 else None) for k in result["ks"]}
+    return out
 
 
 def summary_rows(result: dict) -> list[dict]:
@@ -290,38 +403,42 @@ def _ci_text(v: dict) -> str:
     return "-" if v["mean"] is None else f"{v['ci_low']:.3f}, {v['ci_high']:.3f}"
 
 
+
 def ablation_figure(result: dict) -> go.Figure:
-    """One panel per measure taken: pass@k of each condition grouped by k; and the change in log p
-    of F and of the reference answer when steps are removed, paired per trace against the intact
-    trace, with 95% CIs (each on its own scale)."""
+    """One panel per measure taken: pass@k of each condition grouped by k, with 95% CIs over traces
+    when per-trace counts are there; and the change in log p of F and of the reference answer when
+    steps are removed, paired per trace against the intact trace, with 95% CIs (each on its own scale)."""
     ks = result.get("ks") or []
     removed = [c for c in CONDITIONS if c != "none"]
-    rows = [row["logprob"] for row in result.get("per_trace", []) if "logprob" in row]
+    rows = [row["logprob"] for row in result.get("per_trace") or [] if "logprob" in row]
     changes = {k: [mean_ci([r[c][k] - r["none"][k] for r in rows if k in r[c]]) for c in removed]
                for k in ("F_total", "reference_total")}
     changes = {k: v for k, v in changes.items() if all(x["n"] for x in v)}
     titles = {"F_total": "Δ log p(F), the trace's own answer", "reference_total": "Δ log p(reference answer)"}
     panels = (["pass@k (sampled answers)"] if ks else []) + [titles[k] for k in changes]
     fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=panels, horizontal_spacing=0.1)
-    colors = dict(zip(CONDITIONS, ("#636efa", "#ef553b", "#00cc96", "#ab63fa")))
-    for cond in CONDITIONS:
-        if ks:
-            c = result["conditions"][cond]
-            fig.add_trace(go.Bar(name=cond, x=[f"pass@{k}" for k in ks], y=[c[f"pass@{k}"] for k in ks],
-                                 marker_color=colors[cond], legendgroup=cond), row=1, col=1)
-    for col, values in enumerate(changes.values(), start=2 if ks else 1):
-        fig.add_trace(go.Bar(x=removed, y=[v["mean"] for v in values], showlegend=False,
-                             marker_color=[colors[c] for c in removed],
+    if ks:
+        ci = per_trace_ci(result)
+        for cond in CONDITIONS:
+            c, errors = result["conditions"][cond], [ci[cond][k] for k in ks]
+            shown = any(e is not None for e in errors)
+            fig.add_trace(go.Bar(name=CONDITION_WORDS[cond], x=[f"pass@{k}" for k in ks],
+                                 y=[c[f"pass@{k}"] for k in ks], marker_color=CONDITION_COLOURS[cond],
+                                 legendgroup=cond, error_y={"type": "data", "array": errors, "visible": shown},
+                                 hovertemplate="%{x}: %{y:.3f}<extra>" + cond + "</extra>"), row=1, col=1)
+        fig.update_yaxes(range=[0, 1.05], title_text="pass@k (mean over traces, 95% CI)", row=1, col=1)
+    for col, (key, values) in enumerate(changes.items(), start=2 if ks else 1):
+        fig.add_trace(go.Bar(name=titles[key], x=removed, y=[v["mean"] for v in values], showlegend=False,
+                             marker_color=[CONDITION_COLOURS[c] for c in removed],
                              error_y={"type": "data", "symmetric": False,
                                       "array": [v["ci_high"] - v["mean"] for v in values],
-                                      "arrayminus": [v["mean"] - v["ci_low"] for v in values]}),
+                                      "arrayminus": [v["mean"] - v["ci_low"] for v in values]},
+                             hovertemplate="%{x} removed: %{y:.3f} nats<extra></extra>"),
                       row=1, col=col)
         fig.update_yaxes(title_text="vs nothing removed, mean over traces (nats)", row=1, col=col)
         fig.update_xaxes(title_text="steps removed", row=1, col=col)
-    if ks:
-        fig.update_yaxes(range=[0, 1], title_text="pass@k", row=1, col=1)
-    samples = f", n={result['n_samples']}" if ks else ""
-    fig.update_layout(barmode="group", legend_title="removed steps",
-                      title=f"Step ablation ({result.get('measure', 'passk')}, m={result['m']}, {result['n_traces']} "
-                            f"traces{samples}; log p teacher-forced after </think>)")
+    answers = f", {result['n_samples']} answers each" if ks else ""
+    fig.update_layout(barmode="group", legend={"title": "steps removed", "orientation": "h", "y": -0.2},
+                      title=f"Step ablation ({result.get('measure', 'passk')}, {result['mode']}, m={result['m']} steps "
+                            f"removed, {result['n_traces']} traces{answers}; log p teacher-forced after </think>)")
     return fig

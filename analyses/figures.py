@@ -1,41 +1,26 @@
 """Write plotly figures as HTML and, when a browser is there for kaleido, as PNG.
 
-Kaleido 1.x renders through Chrome/Chromium; where none is installed the PNG is skipped with one
-warning per process and the HTML (which needs nothing) is still written.  On some machines the
-first PNG of a process takes minutes (kaleido's browser start-up), so one browser is kept for the
-whole process, and ``KFH_PNG=0`` turns PNG export off (the test suite does).
+The HTML needs nothing.  The PNG goes through :mod:`workbench.png`: where kaleido has no
+Chrome/Chromium, or its browser gives no PNG within ``KFH_PNG_TIMEOUT`` seconds (default 300, a cold
+first start can take minutes), PNG export is turned off for the rest of the process with one warning
+and the HTML figures are still written.  ``KFH_PNG=0`` turns PNG export off (the test suite does).
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import plotly.graph_objects as go
 
+from workbench.png import PngError, render_png
+
 _png_disabled = False
-_server_started = False
 
 
 def png_enabled() -> bool:
     return os.environ.get("KFH_PNG", "1") != "0" and not _png_disabled
-
-
-def _start_png_server() -> None:
-    """One headless browser for every PNG of this process, closed at exit."""
-    global _server_started
-    if _server_started:
-        return
-    _server_started = True
-    try:
-        import kaleido
-
-        kaleido.start_sync_server(silence_warnings=True)
-        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
-    except (ImportError, AttributeError):  # an older kaleido: each PNG starts its own browser
-        pass
 
 
 def save_figure(fig: go.Figure, out_dir: str | Path, name: str) -> list[Path]:
@@ -48,13 +33,21 @@ def save_figure(fig: go.Figure, out_dir: str | Path, name: str) -> list[Path]:
     written = [html]
     if png_enabled():
         try:
-            _start_png_server()
-            fig.write_image(out_dir / f"{name}.png", width=900, height=600)
-            written.append(out_dir / f"{name}.png")
-        except Exception as e:  # kaleido reports a missing browser with several exception types
-            if "chrom" not in str(e).lower() and "browser" not in str(e).lower():
-                raise
+            png = out_dir / f"{name}.png"
+            png.write_bytes(render_png(fig, width=900, height=600))
+            written.append(png)
+        except PngError as e:
             _png_disabled = True
-            warnings.warn(f"PNG export needs Chrome/Chromium for kaleido ({str(e).strip().splitlines()[0]}); "
-                          "writing HTML figures only", stacklevel=2)
+            warnings.warn(f"{e}; writing HTML figures only", stacklevel=2)
     return written
+
+
+def short_labels(paths: list[str | Path]) -> list[str]:
+    """Short, distinct labels for paths (checkpoints, run folders): the last part (``step_20``), with
+    as many parent parts as it takes to tell two apart (``seed0/step_20``)."""
+    parts = [PurePath(p).parts or (str(p),) for p in paths]
+    for depth in range(1, max((len(p) for p in parts), default=0) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]

@@ -12,6 +12,9 @@ out of its (critical, redundant) pairs.  Sources, as ``--labels`` spells them:
   every fall above a threshold in nats) are critical.
 - ``chunks``: real R1 traces annotated by the Thought Anchors study: each step takes the label of
   the majority of its characters' chunk function tags (`CRITICAL_TAGS` / `REDUNDANT_TAGS`).
+
+`default_labels` picks organism for an organism, chunks when every trace carries them (the bundled
+R1 traces do), else counterfactual.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from workbench.cache import content_key
 from workbench.generation import tail_logprobs
 from workbench.models import LoadedModel
-from workbench.traces import TraceRecord, jsonl_rows, require_organism
+from workbench.traces import TraceRecord, is_organism, jsonl_rows, require_organism
+from workbench.tracing import ScoreCache
 
 CRITICAL, REDUNDANT = "critical", "redundant"
 Labels = list[list[str | None]]
@@ -131,15 +137,30 @@ def answer_logprobs(loaded: LoadedModel, rows: list[list[int]], answer_len: int,
 
 
 def counterfactual_drops(loaded: LoadedModel, records: list[TraceRecord], batch_size: int = 8,
-                         progress: bool = True) -> list[np.ndarray]:
-    """Per trace and step: log p(F | full trace) - log p(F | trace without that step's tokens)."""
+                         progress: bool = True, cache: ScoreCache | None = None) -> list[np.ndarray]:
+    """Per trace and step: log p(F | full trace) - log p(F | trace without that step's tokens).
+
+    One forward pass per step, so each finished trace goes to ``cache`` (when given) at once.
+    """
     drops = []
-    for r in tqdm(records, desc="counterfactual labels", disable=not progress):
+    bar = tqdm(total=sum(len(r.input_ids) * (r.n_steps + 1) for r in records), unit="tok", unit_scale=True,
+               desc=f"counterfactual labels, {len(records)} traces", disable=not progress)
+    for done, r in enumerate(records, 1):
         ids = r.input_ids
         steps, answer = r.seg.absolute(len(r.prompt_ids))
-        rows = [ids] + [ids[:s] + ids[e:] for s, e in steps]
-        lp = answer_logprobs(loaded, rows, answer[1] - answer[0], batch_size)
-        drops.append(lp[0] - lp[1:])
+        key = content_key("counterfactual-drops", loaded.fingerprint, ids, steps, answer)
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:
+            drops.append(cached.double().numpy())
+        else:
+            rows = [ids] + [ids[:s] + ids[e:] for s, e in steps]
+            lp = answer_logprobs(loaded, rows, answer[1] - answer[0], batch_size)
+            drops.append(lp[0] - lp[1:])
+            if cache is not None:
+                cache.put(key, torch.from_numpy(np.asarray(drops[-1], dtype=np.float64)))
+        bar.set_postfix_str(f"{done}/{len(records)} traces", refresh=False)
+        bar.update(len(ids) * (r.n_steps + 1))
+    bar.close()
     return drops
 
 
@@ -173,9 +194,17 @@ def _counterfactual_options(spec: str) -> dict:
     return opts
 
 
+def default_labels(loaded: LoadedModel, records: list[TraceRecord]) -> str:
+    """organism for an organism model, chunks when every trace carries Thought Anchors chunks, else counterfactual."""
+    if is_organism(loaded):
+        return "organism"
+    return "chunks" if records and all(r.meta.get("chunks") for r in records) else "counterfactual"
+
+
 def get_labels(spec: str, records: list[TraceRecord], loaded: LoadedModel | None = None,
-               progress: bool = True) -> Labels:
-    """Labels of every step of every record from the source ``spec`` names (see module doc)."""
+               progress: bool = True, cache: ScoreCache | None = None) -> Labels:
+    """Labels of every step of every record from the source ``spec`` names (see module doc);
+    ``cache`` keeps counterfactual drops per trace, so a killed run resumes."""
     if spec == "organism":
         if loaded is None:
             raise ValueError("organism labels need the model (its tokenizer names the organism)")
@@ -187,7 +216,7 @@ def get_labels(spec: str, records: list[TraceRecord], loaded: LoadedModel | None
     if spec.split(":")[0] == "counterfactual":
         if loaded is None:
             raise ValueError("counterfactual labels need the model")
-        return threshold_labels(counterfactual_drops(loaded, records, progress=progress),
+        return threshold_labels(counterfactual_drops(loaded, records, progress=progress, cache=cache),
                                 **_counterfactual_options(spec))
     raise ValueError(f"unknown labels source {spec!r}: use organism, file:PATH, counterfactual[:top=F|:threshold=X] "
                      "or chunks")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 # table columns: (key, header, format)
 COLUMNS = [
@@ -181,6 +182,28 @@ def _faster_claim(rows: list[dict]) -> Claim | None:
                  + ", ".join(f"{d:+.1f}" for d in diffs), _verdict(float(diffs.mean()), float(diffs.std(ddof=1))))
 
 
+def power_claim(o: dict, t: dict) -> Claim:
+    """The testbed's power check: can a perfect head beat the length penalty at all?  The oracle
+    (true step labels) must dominate TLMRE: higher accuracy by more than the pooled seed std at no
+    more mean tokens, or fewer tokens by more than the pooled std at no lower mean accuracy.  When
+    it cannot, the task does not test whether step-level credit beats a length penalty."""
+    acc, fewer = o["accuracy"] - t["accuracy"], t["tokens"] - o["tokens"]
+    acc_noise, tok_noise = _spread((o, "accuracy"), (t, "accuracy")), _spread((o, "tokens"), (t, "tokens"))
+    measured = (f"oracle {o['accuracy']:.3f} at {o['tokens']:.1f} tokens, TLMRE {t['accuracy']:.3f} at "
+                f"{t['tokens']:.1f} (accuracy {acc:+.3f}, pooled std {acc_noise:.3f}; tokens {-fewer:+.1f}, "
+                f"pooled std {tok_noise:.1f})")
+    if math.isnan(acc) or math.isnan(fewer):
+        verdict = "not measured"
+    elif (acc > acc_noise and fewer >= 0) or (fewer > tok_noise and acc >= 0):
+        verdict = "holds"
+    elif (acc < -acc_noise and fewer <= 0) or (fewer < -tok_noise and acc <= 0):
+        verdict = "does not hold"
+    else:
+        verdict = "within noise"
+    return Claim("Power check: the oracle (true step labels) beats the length penalty alone (TLMRE)", measured,
+                 verdict)
+
+
 def check_claims(table: list[dict], ablation: dict | None, stability: list[dict],
                  rows: list[dict] | None = None) -> list[Claim]:
     """The paper's claims, each with the number measured here and a verdict (plus ours, from the
@@ -211,6 +234,8 @@ def check_claims(table: list[dict], ablation: dict | None, stability: list[dict]
         claims.append(Claim("Neg-Adv adds accuracy (AttnPO against Pos-Adv alone)",
                             f"accuracy {a['accuracy']:.3f} vs {p['accuracy']:.3f}",
                             _verdict(a["accuracy"] - p["accuracy"], _spread((a, "accuracy"), (p, "accuracy")))))
+    if have("oracle", "tlmre"):
+        claims.append(power_claim(by["oracle"], by["tlmre"]))
     if have("attnpo", "oracle"):
         a, o = by["attnpo"], by["oracle"]
         better = (a["token_change"] - o["token_change"]) + (o["accuracy"] - a["accuracy"])
@@ -237,21 +262,31 @@ def check_claims(table: list[dict], ablation: dict | None, stability: list[dict]
     return claims + ([faster] if faster else [])
 
 
-def tokens_accuracy_figure(table: list[dict]) -> go.Figure:
-    """Each method's final mean tokens against accuracy, with seed std as error bars, and the start point."""
+def tokens_accuracy_figure(table: list[dict], rows: list[dict] | None = None, title: str | None = None) -> go.Figure:
+    """The Pareto view: held-out accuracy against mean response tokens, every run (``rows``) a small
+    point and each method's mean ± seed std a large one, with the start model."""
     fig = go.Figure()
+    colours = dict(zip([e["method"] for e in table], qualitative.Plotly))
     for e in table:
+        colour = colours[e["method"]]
+        mine = [r for r in rows or [] if r["method"] == e["method"]]
+        if mine:
+            fig.add_trace(go.Scatter(
+                x=[r["tokens"] for r in mine], y=[r["accuracy"] for r in mine], mode="markers", name=e["method"],
+                legendgroup=e["method"], showlegend=False, marker={"size": 7, "color": colour, "opacity": 0.5},
+                hovertext=[f"{e['method']} seed {r['seed']}" for r in mine], hoverinfo="text+x+y"))
         fig.add_trace(go.Scatter(
             x=[e["tokens"]], y=[e["accuracy"]], mode="markers+text", text=[e["method"]], textposition="top center",
-            name=e["method"], marker={"size": 12},
+            name=e["method"], legendgroup=e["method"], marker={"size": 13, "color": colour, "symbol": "diamond"},
             error_x={"type": "data", "array": [0 if math.isnan(e["tokens_std"]) else e["tokens_std"]]},
             error_y={"type": "data", "array": [0 if math.isnan(e["accuracy_std"]) else e["accuracy_std"]]}))
     if table:
         fig.add_trace(go.Scatter(x=[table[0]["start_tokens"]], y=[table[0]["start_accuracy"]], mode="markers+text",
                                  text=["start"], textposition="bottom center", name="start",
                                  marker={"size": 12, "symbol": "x", "color": "black"}))
-    fig.update_layout(title="Held-out accuracy against response length after training (mean ± std over seeds)",
-                      xaxis_title="mean response tokens", yaxis_title="accuracy", template="plotly_white")
+    fig.update_layout(title=title or "Held-out accuracy against response length after training (each run a point; "
+                      "diamonds: mean ± std over seeds)",
+                      xaxis_title="mean response tokens", yaxis_title="held-out accuracy", template="plotly_white")
     return fig
 
 

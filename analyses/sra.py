@@ -88,13 +88,23 @@ class SRAResult:
     n_traces: int  # traces with both kinds of step
 
 
+def summarize(per: np.ndarray, n_boot: int = 1000, seed: int = 0) -> SRAResult:
+    """Mean of ``[n, ...]`` per-trace SRA (NaN when n = 0) with a bootstrap CI (none when n_boot=0)."""
+    mean = per.mean(axis=0) if len(per) else np.full(per.shape[1:], np.nan)
+    low, high = bootstrap_ci(per, n_boot, seed=seed) if n_boot else (mean, mean)
+    return SRAResult(mean, low, high, len(per))
+
+
 def sra(scores: list[np.ndarray], codes: list[np.ndarray], n_boot: int = 1000, seed: int = 0,
         shape: tuple[int, ...] = ()) -> SRAResult:
     """Mean per-trace SRA (NaN where no trace has pairs) with a bootstrap CI (none when n_boot=0)."""
-    per, kept = per_trace_sra(scores, codes, shape)
-    mean = per.mean(axis=0) if len(kept) else np.full(per.shape[1:], np.nan)
-    low, high = bootstrap_ci(per, n_boot, seed=seed) if n_boot else (mean, mean)
-    return SRAResult(mean, low, high, len(kept))
+    return summarize(per_trace_sra(scores, codes, shape)[0], n_boot, seed)
+
+
+def has_pairs(codes: np.ndarray) -> bool:
+    """Does the trace have a critical and a redundant step (so SRA can use it)?"""
+    codes = np.asarray(codes)
+    return bool((codes == 1).any() and (codes == 0).any())
 
 
 def redundant_first(codes: np.ndarray) -> bool:
@@ -116,23 +126,28 @@ def baseline_scores(name: str, step_lengths: list[int], rng: np.random.Generator
     raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
 
 
+def baseline_step_scores(step_lengths: list[list[int]], seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Every trivial ranker's ``[1, K]`` scores of every trace (the random one seeded)."""
+    rng = np.random.default_rng(seed)
+    return {name: [baseline_scores(name, lengths, rng) for lengths in step_lengths] for name in BASELINES}
+
+
 def baselines(codes: list[np.ndarray], step_lengths: list[list[int]], n_boot: int = 1000,
               seed: int = 0) -> dict[str, dict]:
     """SRA (+CI) of each trivial ranker on all traces and on the redundant-first subset."""
-    rng = np.random.default_rng(seed)
     subset = [i for i, c in enumerate(codes) if redundant_first(c)]
     out = {}
-    for name in BASELINES:
-        s = [baseline_scores(name, lengths, rng) for lengths in step_lengths]
+    for name, s in baseline_step_scores(step_lengths, seed).items():
         full = sra(s, codes, n_boot, seed, shape=(1,))
         sub = sra([s[i] for i in subset], [codes[i] for i in subset], n_boot, seed, shape=(1,))
-        out[name] = {"sra": _num(full.sra[0]), "ci_low": _num(full.ci_low[0]), "ci_high": _num(full.ci_high[0]),
-                     "n_traces": full.n_traces, "sra_redundant_first": _num(sub.sra[0]),
+        out[name] = {"sra": json_float(full.sra[0]), "ci_low": json_float(full.ci_low[0]),
+                     "ci_high": json_float(full.ci_high[0]),
+                     "n_traces": full.n_traces, "sra_redundant_first": json_float(sub.sra[0]),
                      "n_traces_redundant_first": sub.n_traces}
     return out
 
 
-def _num(x) -> float | None:
+def json_float(x) -> float | None:
     """A float for JSON, None for NaN."""
     x = float(x)
     return None if np.isnan(x) else x
@@ -146,6 +161,13 @@ def top_heads(sra_lh: np.ndarray, top_n: int) -> list[Head]:
     return [(int(i // n_heads), int(i % n_heads)) for i in order]
 
 
+def rank_grid(sra_lh: np.ndarray) -> np.ndarray:
+    """Each head's rank by SRA (1 = best; NaN last; ties by position), as ``top_heads`` orders them."""
+    ranks = np.empty(sra_lh.size, dtype=int)
+    ranks[[l * sra_lh.shape[1] + h for l, h in top_heads(sra_lh, sra_lh.size)]] = np.arange(1, sra_lh.size + 1)
+    return ranks.reshape(sra_lh.shape)
+
+
 @dataclass
 class Discovery:
     """KFHs chosen on the discovery split; every head's SRA on both splits."""
@@ -157,6 +179,8 @@ class Discovery:
     discovery_ids: list[int]
     held_out_ids: list[int]
     baselines: dict[str, dict]  # trivial rankers on the held-out split
+    held_out_per_trace: np.ndarray  # [n, L, H] per-trace SRA of the held-out traces that have pairs
+    baselines_per_trace: dict[str, np.ndarray]  # [n] per-trace SRA of each trivial ranker, same traces
 
 
 def split(n: int, discovery_frac: float, seed: int) -> tuple[list[int], list[int]]:
@@ -172,18 +196,27 @@ def split(n: int, discovery_frac: float, seed: int) -> tuple[list[int], list[int
 
 def discover(scores: list[np.ndarray], codes: list[np.ndarray], step_lengths: list[list[int]], top_n: int = 3,
              discovery_frac: float = 0.5, seed: int = 0, n_boot: int = 1000) -> Discovery:
-    """Select the top-N heads by SRA on a discovery split, report SRA on the held-out split."""
-    disc, held = split(len(scores), discovery_frac, seed)
+    """Select the top-N heads by SRA on a discovery split, report SRA on the held-out split.
+
+    Only traces with both kinds of step are split (the others have no SRA on either side).
+    """
+    valid = [i for i, c in enumerate(codes) if has_pairs(c)]
+    if len(valid) < 2:
+        raise ValueError(f"only {len(valid)} of {len(codes)} traces have both critical and redundant steps; at least "
+                         "2 are needed to rank heads on one split and test them on another (more traces, or "
+                         "another labels source)")
+    disc, held = ([valid[i] for i in part] for part in split(len(valid), discovery_frac, seed))
     shape = np.asarray(scores[0]).shape[:-1]
     d = sra([scores[i] for i in disc], [codes[i] for i in disc], n_boot=0, shape=shape)
-    if d.n_traces == 0:
-        raise ValueError(f"none of the {len(disc)} discovery traces has both critical and redundant steps; "
-                         "cannot rank heads (more traces, or another labels source)")
-    h = sra([scores[i] for i in held], [codes[i] for i in held], n_boot=n_boot, seed=seed, shape=shape)
+    held_codes, held_lengths = [codes[i] for i in held], [step_lengths[i] for i in held]
+    per_held = per_trace_sra([scores[i] for i in held], held_codes, shape)[0]
+    h = summarize(per_held, n_boot, seed)
     sub = [i for i in held if redundant_first(codes[i])]
     hs = sra([scores[i] for i in sub], [codes[i] for i in sub], n_boot=0, shape=shape)
-    base = baselines([codes[i] for i in held], [step_lengths[i] for i in held], n_boot=n_boot, seed=seed)
-    return Discovery(top_heads(d.sra, top_n), d, h, hs, disc, held, base)
+    base = baselines(held_codes, held_lengths, n_boot=n_boot, seed=seed)
+    base_per = {name: per_trace_sra(s, held_codes, (1,))[0][:, 0]
+                for name, s in baseline_step_scores(held_lengths, seed).items()}
+    return Discovery(top_heads(d.sra, top_n), d, h, hs, disc, held, base, per_held, base_per)
 
 
 def sra_table(result: Discovery) -> list[dict]:
@@ -200,20 +233,49 @@ def sra_table(result: Discovery) -> list[dict]:
     return rows
 
 
-def heatmap_figure(sra_lh: np.ndarray, title: str = "SRA per head (held-out)",
-                   marked: list[Head] | None = None, label: str = "SRA") -> go.Figure:
-    """Layer x head heatmap, 0.5 (chance) in white; selected heads outlined.  Another ``label``
-    (any per-head score, e.g. a label-free ranker's) gets its own colour range."""
+def heatmap_figure(sra_lh: np.ndarray, title: str = "SRA per head (held-out)", marked: list[Head] | None = None,
+                   ci: tuple[np.ndarray, np.ndarray] | None = None, rank: np.ndarray | None = None,
+                   rank_label: str = "", marked_label: str = "KFH", value_label: str = "SRA",
+                   chance: float | None = 0.5) -> go.Figure:
+    """Layer x head heatmap, ``chance`` (0.5 for SRA) in white on a 0..1 scale, ``marked`` heads
+    starred (with a legend entry).  ``chance=None`` for any other per-head score (e.g. a label-free
+    ranker's, ``value_label`` naming it): its own colour range.
+
+    Hovering a cell names the head (``L2H1``) with its value, its CI (``ci``: low and high grids)
+    and its rank (``rank``: 1 = best; ``rank_label`` says by what); an invisible marker sits on
+    every cell so that a click selects the head (Streamlit's ``on_select``): heatmap cells
+    themselves are not selectable.
+    """
     n_layers, n_heads = sra_lh.shape
-    scale = {"zmin": 0, "zmax": 1, "zmid": 0.5, "colorscale": "RdBu_r"} if label == "SRA" else {"colorscale": "Viridis"}
-    fig = go.Figure(go.Heatmap(z=sra_lh, x=[f"H{h}" for h in range(n_heads)], y=[f"L{l}" for l in range(n_layers)],
-                               colorbar={"title": label}, **scale,
-                               text=np.round(sra_lh, 2), texttemplate="%{text}" if sra_lh.size <= 400 else None,
-                               hovertemplate=f"layer %{{y}} head %{{x}}: {label} %{{z:.3f}}<extra></extra>"))
-    for layer, head in marked or []:
-        fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
-                      line={"color": "black", "width": 3})
-    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis={"autorange": True})
+    layers, heads = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+    scale = {"colorscale": "Viridis"} if chance is None else {"zmin": 0, "zmax": 1, "zmid": chance,
+                                                              "colorscale": "RdBu_r"}
+    fig = go.Figure(go.Heatmap(z=sra_lh, x=np.arange(n_heads), y=np.arange(n_layers), **scale,
+                               colorbar={"title": value_label}, hoverinfo="skip",
+                               text=np.round(sra_lh, 2), texttemplate="%{text}" if sra_lh.size <= 400 else None))
+    low, high = ci if ci is not None else (np.full_like(sra_lh, np.nan), np.full_like(sra_lh, np.nan))
+    ranks = rank if rank is not None else np.full(sra_lh.shape, np.nan)
+    cells = np.stack([np.vectorize(lambda l, h: head_name((l, h)))(layers, heads), sra_lh, low, high, ranks],
+                     axis=-1).reshape(-1, 5)
+    hover = "<b>%{customdata[0]}</b><br>" + value_label + " %{customdata[1]:.3f}"
+    hover += " (95% CI %{customdata[2]:.3f}–%{customdata[3]:.3f})" if ci is not None else ""
+    hover += f"<br>rank %{{customdata[4]}} of {sra_lh.size} {rank_label}".rstrip() if rank is not None else ""
+    fig.add_trace(go.Scatter(x=heads.ravel(), y=layers.ravel(), mode="markers", customdata=cells, name="heads",
+                             showlegend=False, hovertemplate=hover + "<extra></extra>",
+                             marker={"symbol": "square", "size": 30, "opacity": 0},
+                             selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}}))
+    if marked:  # in the cell's top-right corner, clear of its number
+        fig.add_trace(go.Scatter(x=[h + 0.33 for _, h in marked], y=[l + 0.27 for l, _ in marked], mode="markers",
+                                 name=marked_label, hoverinfo="skip",
+                                 marker={"symbol": "star", "size": 14, "color": "gold",
+                                         "line": {"color": "black", "width": 1.5}},
+                                 selected={"marker": {"opacity": 1}}, unselected={"marker": {"opacity": 1}}))
+    fig.update_layout(title=title, hovermode="closest", hoverdistance=-1, plot_bgcolor="white",
+                      legend={"orientation": "h", "y": -0.15, "x": 0},
+                      xaxis={"title": "head", "tickmode": "array", "tickvals": list(range(n_heads)),
+                             "ticktext": [f"H{h}" for h in range(n_heads)], "showgrid": False, "zeroline": False},
+                      yaxis={"title": "layer", "tickmode": "array", "tickvals": list(range(n_layers)),
+                             "ticktext": [f"L{l}" for l in range(n_layers)], "showgrid": False, "zeroline": False})
     return fig
 
 
@@ -224,11 +286,12 @@ def by_layer_figure(sra_lh: np.ndarray, baselines_: dict[str, dict] | None = Non
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=np.repeat(np.arange(n_layers), n_heads), y=sra_lh.ravel(), mode="markers",
                              name="heads", text=[head_name((l, h)) for l in range(n_layers) for h in range(n_heads)],
-                             marker={"opacity": 0.6}))
+                             hovertemplate="%{text}: SRA %{y:.3f}<extra></extra>", marker={"opacity": 0.6}))
     fig.add_trace(go.Scatter(x=np.arange(n_layers), y=np.nanmax(np.nan_to_num(sra_lh, nan=-np.inf), axis=1),
                              mode="lines+markers", name="best head"))
-    for name, b in (baselines_ or {}).items():
-        if b["sra"] is not None:
-            fig.add_hline(y=b["sra"], line_dash="dash", annotation_text=f"{name} ranker", line_color="gray")
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="SRA", yaxis_range=[0, 1])
+    for i, (name, b) in enumerate((baselines_ or {}).items()):
+        if b["sra"] is not None:  # labels spread along the line: baselines often sit close together
+            fig.add_hline(y=b["sra"], line_dash="dash", annotation_text=f"{name} ranker", line_color="gray",
+                          annotation_position=("top left", "top", "top right")[i % 3])
+    fig.update_layout(title=title, xaxis={"title": "layer", "dtick": 1}, yaxis_title="SRA", yaxis_range=[0, 1])
     return fig

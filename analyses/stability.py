@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 from scipy import stats
 
+from analyses.figures import short_labels
 from analyses.sra import sra, top_heads
-from workbench.heads import Head
+from workbench.heads import Head, head_name
+
+MEASURES = {  # stability.json key -> what it measures, in words
+    "pearson_sra": "per-head SRA, Pearson r",
+    "spearman_sra": "per-head SRA, rank correlation (Spearman)",
+    "pearson_step_scores": "KFH step scores, Pearson r",
+    "topn_overlap": "share of the top-N heads kept",
+}
 
 
 def kfh_step_scores(scores: list[np.ndarray], heads: list[Head]) -> np.ndarray:
@@ -50,13 +59,49 @@ def compare(summaries: list[dict], top_n: int) -> dict:
     return out
 
 
+def stability_result(checkpoints: list[str], summaries: list[dict], kfh: list[Head], top_n: int) -> dict:
+    """The core of ``stability.json``: the checkpoints, the measures against the first, the KFHs and
+    each checkpoint's per-head SRA grid (NaN as null)."""
+    grids = [[[None if v != v else float(v) for v in row] for row in s["sra"]] for s in summaries]
+    return {"checkpoints": list(checkpoints), **compare(summaries, top_n), "kfh": [head_name(h) for h in kfh],
+            "top_n": top_n, "sra": grids}
+
+
 def stability_figure(result: dict) -> go.Figure:
-    """The four agreement measures against the first checkpoint, one line each."""
-    labels = result["checkpoints"]
+    """The agreement measures against the first checkpoint, one line each, in plain words."""
+    labels = short_labels(result["checkpoints"])
     fig = go.Figure()
-    for key in ("pearson_sra", "spearman_sra", "pearson_step_scores", "topn_overlap"):
-        fig.add_trace(go.Scatter(x=list(range(len(labels))), y=result[key], mode="lines+markers", name=key))
-    fig.update_layout(title="KFH stability against the first checkpoint", yaxis_range=[-1.05, 1.05],
+    for key, words in MEASURES.items():
+        fig.add_trace(go.Scatter(x=list(range(len(labels))), y=result[key], mode="lines+markers", name=words,
+                                 customdata=result["checkpoints"],
+                                 hovertemplate="%{customdata}<br>%{y:.3f}<extra>" + key + "</extra>"))
+    fig.update_layout(title=f"KFH stability against {labels[0]} (the first checkpoint)", yaxis_range=[-1.05, 1.05],
                       xaxis={"tickmode": "array", "tickvals": list(range(len(labels))), "ticktext": labels,
-                             "title": "checkpoint"}, yaxis_title="agreement")
+                             "title": "checkpoint"}, yaxis_title="agreement with the first checkpoint",
+                      legend={"orientation": "h", "y": -0.3}, margin={"b": 140})
+    return fig
+
+
+def sra_grids_figure(result: dict) -> go.Figure:
+    """Each checkpoint's per-head SRA (``result["sra"]``, ``[checkpoint][layer][head]``) side by side,
+    on one colour scale, with the checkpoint's top heads starred."""
+    grids = [np.array(g, dtype=float) for g in result["sra"]]
+    labels = short_labels(result["checkpoints"])
+    fig = make_subplots(rows=1, cols=len(grids), subplot_titles=labels, shared_yaxes=True,
+                        horizontal_spacing=min(0.04, 0.5 / max(1, len(grids))))
+    for i, grid in enumerate(grids, 1):
+        n_layers, n_heads = grid.shape
+        names = np.array([[head_name((l, h)) for h in range(n_heads)] for l in range(n_layers)])
+        fig.add_trace(go.Heatmap(z=grid, zmin=0, zmax=1, zmid=0.5, colorscale="RdBu_r", showscale=i == 1,
+                                 colorbar={"title": "SRA"}, customdata=names,
+                                 hovertemplate=labels[i - 1] + " %{customdata}: SRA %{z:.3f}<extra></extra>"),
+                      row=1, col=i)
+        top = result.get("top_heads", [[]] * len(grids))[i - 1]
+        fig.add_trace(go.Scatter(x=[h for _, h in top], y=[l for l, _ in top], mode="markers", showlegend=i == 1,
+                                 name="top heads of the checkpoint", hoverinfo="skip",
+                                 marker={"symbol": "star", "size": 12, "color": "gold",
+                                         "line": {"color": "black", "width": 1}}), row=1, col=i)
+        fig.update_xaxes(dtick=1, title_text="head", row=1, col=i)
+    fig.update_yaxes(dtick=1, autorange="reversed", title_text="layer", row=1, col=1)
+    fig.update_layout(title="Per-head SRA at each checkpoint", legend={"orientation": "h", "y": -0.25})
     return fig

@@ -2,8 +2,10 @@
 
 A workspace is computed in-process (organism traces sampled on first open, or an uploaded trace
 file), with the same library calls as ``experiments/discover_heads.py``, or read back from the
-artefacts such a run wrote (``sra.csv``, ``kfh.json``, ``traces.jsonl``, ``scores.safetensors``).
-Nothing here touches Streamlit, so the page code stays about presentation.
+artefacts such a run wrote (``sra.csv``, ``kfh.json``, ``traces.jsonl``, ``scores.safetensors``);
+a folder with only ``sra.csv`` and ``kfh.json`` gives a workspace without traces (the heatmap and
+the table).  Long builds report ``(done, total, what)`` through a ``Report`` callback, which may
+raise to cancel.  Nothing here touches Streamlit, so the page code stays about presentation.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,11 +25,13 @@ from safetensors.numpy import load_file
 
 from analyses.labels import get_labels, label_codes
 from analyses.sra import discover, sra_table
+from analyses.verdict import verdict
+from app_pages.results import TRACE_FILES
 from workbench.heads import Head, model_shape
 from workbench.kfh import load_kfh
 from workbench.models import LoadedModel
-from workbench.organism import task
-from workbench.steps import segment_text
+from workbench.organism import ORGANISMS, Organism, organism_of
+from workbench.steps import segment_text, token_char_offsets
 from workbench.traces import TraceRecord, default_preset, jsonl_rows, read_traces, sample_organism, write_traces
 from workbench.tracing import ScoreCache, trace_step_scores
 
@@ -36,7 +41,10 @@ R1_KINDS = {1: "confused/branch", 2: "progression", 3: "summary", 4: "final answ
 UPLOAD_SUFFIXES = (".jsonl", ".parquet")
 TABLE_COLUMNS = ("layer", "head", "name", "sra", "ci_low", "ci_high")
 
-Progress = Callable[[float, str], None]
+SAMPLE_BATCH = 16  # organism traces sampled per batch: progress moves in steps this small, at no cost in speed
+TRACE_CHUNK = 8  # traces scored per progress report
+
+Report = Callable[[int, int, str], None]  # (done, total, what); may raise to cancel
 
 
 def default_n_traces() -> int:
@@ -81,8 +89,14 @@ class Workspace:
     kfh: list[Head]  # the KFHs chosen by discovery (the default selection)
     settings: dict = field(default_factory=dict)
     baselines: dict | None = None  # trivial rankers (baselines.json)
+    verdict: dict | None = None  # do the KFHs beat the trivial rankers (analyses.verdict, baselines.json)
     run_dir: Path | None = None
     records: list[TraceRecord] | None = None  # token-level traces, when computed in this process
+    missing: list[str] = field(default_factory=list)  # run files absent, without which there are no traces
+
+    @property
+    def has_traces(self) -> bool:
+        return bool(self.traces)
 
     def grid(self, column: str = "sra") -> np.ndarray:
         """A column of the SRA table as a ``[layers, heads]`` array."""
@@ -106,11 +120,12 @@ class Workspace:
         return self.scores[index][layers, hs].mean(axis=0)
 
 
-def step_kinds(prompt: str, response: str, step_texts: list[str], preset: str) -> list[str]:
+def step_kinds(prompt: str, response: str, step_texts: list[str], preset: str, org: Organism | None) -> list[str]:
     """Each step's kind: the organism's ground-truth kind, else the r1 segmenter's trigger kind."""
-    if preset == "organism":
+    if org is not None:
         try:
-            return [kind for _, kind in task.label_response(task.parse_prompt(prompt), [t.strip() for t in step_texts])]
+            problem = org.task.parse_prompt(prompt)
+            return [kind for _, kind in org.task.label_response(problem, [t.strip() for t in step_texts])]
         except (ValueError, KeyError):
             pass
     seg = segment_text(response, preset)
@@ -119,27 +134,27 @@ def step_kinds(prompt: str, response: str, step_texts: list[str], preset: str) -
     return ["?"] * len(step_texts)
 
 
-def _view(r: TraceRecord, labels: list[str | None], preset: str) -> TraceView:
+def _view(r: TraceRecord, labels: list[str | None], preset: str, org: Organism | None) -> TraceView:
     return TraceView(r.trace_id, r.prompt, r.response, r.step_texts, labels,
-                     step_kinds(r.prompt, r.response, r.step_texts, preset), r.step_lengths,
+                     step_kinds(r.prompt, r.response, r.step_texts, preset, org), r.step_lengths,
                      r.seg.answer[1] - r.seg.answer[0], len(r.input_ids), r.correct)
 
 
 def analyse(loaded: LoadedModel, records: list[TraceRecord], labels_spec: str, source: str,
-            progress: Progress, seed: int = 0, n_boot: int = 1000, chunk: int = 8) -> Workspace:
+            report: Report, seed: int = 0, n_boot: int = 1000) -> Workspace:
     """Label, trace (through the disk score cache) and rank every head of ``records``."""
     if len(records) < 4:
         raise ValueError(f"{source}: {len(records)} usable trace(s); at least 4 are needed to split them into "
                          "discovery and held-out halves")
-    progress(0.5, f"labelling steps ({labels_spec})")
+    report(0, len(records), f"labelling steps ({labels_spec})")
     labels = get_labels(labels_spec, records, loaded, progress=False)
     items = [r.item() for r in records]
     cache = ScoreCache(cache_dir() / "scores")
     scores = []
-    for start in range(0, len(items), chunk):
-        progress(0.55 + 0.4 * start / len(items), f"tracing every head: {start}/{len(items)} traces")
-        scores += trace_step_scores(loaded, items[start : start + chunk], batch_size=chunk, cache=cache)
-    progress(0.95, "ranking heads by SRA")
+    for start in range(0, len(items), TRACE_CHUNK):
+        report(start, len(items), "tracing every head (traces)")
+        scores += trace_step_scores(loaded, items[start : start + TRACE_CHUNK], batch_size=TRACE_CHUNK, cache=cache)
+    report(len(items), len(items), "ranking heads by SRA")
     arrays = [s.numpy() for s in scores]
     result = discover(arrays, [label_codes(x) for x in labels], [r.step_lengths for r in records],
                       seed=seed, n_boot=n_boot)
@@ -147,27 +162,39 @@ def analyse(loaded: LoadedModel, records: list[TraceRecord], labels_spec: str, s
     preset = default_preset(loaded)
     settings = {"n_traces": len(records), "traces": source, "preset": preset, "labels": labels_spec, "seed": seed,
                 "n_discovery": result.discovery.n_traces, "n_held_out": result.held_out.n_traces}
+    org = organism_of(loaded.tokenizer)
     return Workspace(source, loaded.name, loaded.fingerprint, n_layers, n_heads,
-                     [_view(r, x, preset) for r, x in zip(records, labels)], arrays,
-                     pd.DataFrame(sra_table(result)), result.heads, settings, result.baselines, records=records)
+                     [_view(r, x, preset, org) for r, x in zip(records, labels)], arrays,
+                     pd.DataFrame(sra_table(result)), result.heads, settings, result.baselines,
+                     verdict(result, n_boot=n_boot, seed=seed), records=records)
 
 
-def organism_workspace(loaded: LoadedModel, n_traces: int, seed: int, progress: Progress) -> Workspace:
-    """First open: ``n_traces`` traces sampled by the organism, labelled by its ground truth.
+def organism_records(loaded: LoadedModel, n: int, seed: int, report: Report) -> list[TraceRecord]:
+    """The first ``n`` traces of the organism's growing trace pool for ``seed``.
 
-    The sampled set is kept as ``traces.jsonl`` in the cache folder (keyed on the weights), so a
-    restarted app reads it back, token ids and all, instead of sampling again.
+    The pool is ``traces.jsonl`` in the cache folder (keyed on the weights), read back token ids
+    and all: a restarted app, or a smaller ``n``, samples nothing; a larger ``n`` samples only the
+    traces the pool lacks (each batch with its own seed, so trace ids never repeat).
     """
-    path = cache_dir() / "traces" / f"organism-{loaded.fingerprint[:16]}-n{n_traces}-s{seed}.jsonl"
-    if path.is_file():
-        progress(0.0, f"reading {n_traces} cached organism traces")
-        records = read_traces(path, loaded, "organism")
-    else:
-        progress(0.0, f"sampling {n_traces} organism traces")
-        records = sample_organism(loaded, n_traces, seed=seed, progress=False)
-        tmp = write_traces(path.with_suffix(f".tmp{os.getpid()}"), records)
-        os.replace(tmp, path)  # a killed app never leaves a half-written set
-    return analyse(loaded, records, "organism", f"{n_traces} organism traces (seed {seed})", progress, seed=seed)
+    org = organism_of(loaded.tokenizer)
+    path = cache_dir() / "traces" / f"{org.name if org else 'organism'}-{loaded.fingerprint[:16]}-s{seed}.jsonl"
+    pool = read_traces(path, loaded, "organism") if path.is_file() else []
+    while len(pool) < n:
+        have = len(pool)
+        batch = sample_organism(loaded, min(n - have, 4 * SAMPLE_BATCH), seed=seed * 100_003 + have if have else seed,
+                                batch_size=SAMPLE_BATCH, progress=False,
+                                on_progress=lambda kept, _: report(have + kept, n, "sampling organism traces"))
+        pool += batch
+        tmp = write_traces(path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}"), pool)
+        os.replace(tmp, path)  # a killed app never leaves a half-written pool
+    report(n, n, "sampling organism traces")
+    return pool[:n]
+
+
+def organism_workspace(loaded: LoadedModel, n_traces: int, seed: int, report: Report) -> Workspace:
+    """First open: ``n_traces`` traces sampled by the organism, labelled by its ground truth."""
+    records = organism_records(loaded, n_traces, seed, report)
+    return analyse(loaded, records, "organism", f"{n_traces} organism traces (seed {seed})", report, seed=seed)
 
 
 def save_upload(name: str, data: bytes, folder: Path) -> Path:
@@ -183,9 +210,9 @@ def save_upload(name: str, data: bytes, folder: Path) -> Path:
     return path
 
 
-def upload_workspace(loaded: LoadedModel, name: str, data: bytes, labels_spec: str, progress: Progress) -> Workspace:
+def upload_workspace(loaded: LoadedModel, name: str, data: bytes, labels_spec: str, report: Report) -> Workspace:
     """An uploaded JSONL/parquet of prompt + response, teacher-forced; errors name the file, line and field."""
-    progress(0.0, f"reading {name}")
+    report(0, 0, f"reading {name}")
     with tempfile.TemporaryDirectory() as tmp:
         path = save_upload(name, data, Path(tmp))
         if path.suffix == ".parquet":
@@ -194,7 +221,7 @@ def upload_workspace(loaded: LoadedModel, name: str, data: bytes, labels_spec: s
             records = read_traces(path, loaded)
         except (ValueError, KeyError) as e:
             raise ValueError(str(e).replace(str(path), name)) from e
-    return analyse(loaded, records, labels_spec, f"upload {name}", progress)
+    return analyse(loaded, records, labels_spec, f"upload {name}", report)
 
 
 def check_parquet_columns(path: Path, name: str) -> None:
@@ -213,54 +240,94 @@ def check_parquet_columns(path: Path, name: str) -> None:
 # --- run directories -------------------------------------------------------------------------------
 
 
-def is_discover_run(run_dir: Path) -> bool:
-    return (run_dir / "sra.csv").is_file()
-
-
 def run_workspace(run_dir: str | Path) -> Workspace:
-    """The workspace a discover run wrote (``experiments/discover_heads.py --out DIR``)."""
+    """The workspace a discover run wrote (``experiments/discover_heads.py --out DIR``); without
+    its traces.jsonl and scores.safetensors, the head table alone (``missing`` names them)."""
     run_dir = Path(run_dir)
-    needed = ["sra.csv", "kfh.json", "traces.jsonl", "scores.safetensors"]
-    missing = [f for f in needed if not (run_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"run directory {run_dir} lacks {', '.join(missing)}; write one with "
+    absent = [f for f in ("sra.csv", "kfh.json") if not (run_dir / f).is_file()]
+    if absent:
+        raise FileNotFoundError(f"run directory {run_dir} lacks {', '.join(absent)}; write one with "
                                 f"python experiments/discover_heads.py --out {run_dir}")
     table = pd.read_csv(run_dir / "sra.csv")
     absent = [c for c in TABLE_COLUMNS if c not in table]
     if absent:
         raise ValueError(f"{run_dir / 'sra.csv'}: missing column(s) {', '.join(absent)}")
     sel = load_kfh(run_dir / "kfh.json")
+    summary = json.loads((run_dir / "baselines.json").read_text()) if (run_dir / "baselines.json").is_file() else {}
+    ws = Workspace(f"run {run_dir}", sel.model, sel.fingerprint, sel.n_layers, sel.n_heads, [], [], table, sel.heads,
+                   sel.settings, summary.get("baselines"), summary.get("verdict"), run_dir=run_dir,
+                   missing=[f for f in TRACE_FILES if not (run_dir / f).is_file()])
+    if not ws.missing:
+        preset = sel.settings.get("preset") or ("organism" if sel.model in ORGANISMS else "r1")
+        ws.traces, ws.scores = _run_traces(run_dir, sel.n_layers, sel.n_heads, sel.model, preset)
+    return ws
+
+
+def _run_traces(run_dir: Path, n_layers: int, n_heads: int, model: str, preset: str
+                ) -> tuple[list[TraceView], list[np.ndarray]]:
     scores = load_file(str(run_dir / "scores.safetensors"))
-    preset = sel.settings.get("preset") or ("organism" if sel.model == "organism" else "r1")
+    org = ORGANISMS.get(model)
     views, arrays = [], []
     for i, row in jsonl_rows(run_dir / "traces.jsonl"):
         tid = str(row.get("trace_id"))
         if tid not in scores:
             raise ValueError(f"{run_dir / 'traces.jsonl'}:{i}: trace {tid!r} has no scores in scores.safetensors")
         steps, (f0, f1) = row["steps"], row["answer_span"]
-        if scores[tid].shape != (sel.n_layers, sel.n_heads, len(steps)):
+        if scores[tid].shape != (n_layers, n_heads, len(steps)):
             raise ValueError(f"{run_dir / 'scores.safetensors'}: trace {tid!r} has scores of shape "
-                             f"{scores[tid].shape}, expected ({sel.n_layers}, {sel.n_heads}, {len(steps)})")
+                             f"{scores[tid].shape}, expected ({n_layers}, {n_heads}, {len(steps)})")
         labels = row.get("labels") or [None] * len(steps)
         views.append(TraceView(tid, row["prompt"], row["response"], row["step_texts"], labels,
-                               step_kinds(row["prompt"], row["response"], row["step_texts"], preset),
+                               step_kinds(row["prompt"], row["response"], row["step_texts"], preset, org),
                                [e - s for s, e in steps], f1 - f0, len(row["prompt_ids"]) + len(row["response_ids"]),
                                row.get("correct")))
         arrays.append(scores[tid])
-    baselines = run_dir / "baselines.json"
-    return Workspace(f"run {run_dir}", sel.model, sel.fingerprint, sel.n_layers, sel.n_heads, views, arrays, table,
-                     sel.heads, sel.settings, json.loads(baselines.read_text()).get("baselines")
-                     if baselines.is_file() else None, run_dir=run_dir)
+    return views, arrays
 
 
 def run_records(ws: Workspace, loaded: LoadedModel) -> list[TraceRecord]:
     """Token-level traces of the workspace, for analyses that run the model (ablation, stability)."""
     if ws.records is not None:
         return ws.records
+    if not ws.has_traces:
+        raise ValueError(f"{ws.source} has no traces (it lacks {', '.join(ws.missing)})")
     if ws.fingerprint != loaded.fingerprint:
         raise ValueError(f"{ws.source} was traced with model {ws.model!r} (fingerprint {ws.fingerprint}); choose "
                          f"that model in the sidebar (now: {loaded.name!r}, fingerprint {loaded.fingerprint})")
     return read_traces(ws.run_dir / "traces.jsonl", loaded, ws.settings.get("preset"))
+
+
+def ticked_heads(table: pd.DataFrame, edited_rows: dict) -> set[str]:
+    """The heads ticked in the head table (columns ``KFH`` and ``name``) after the data editor's
+    ``edited_rows`` (``{row position: {column: new value}}``)."""
+    ticked = set(table.loc[table["KFH"], "name"])
+    for row, change in edited_rows.items():
+        if "KFH" in change:
+            name = table.iloc[int(row)]["name"]
+            ticked = ticked | {name} if change["KFH"] else ticked - {name}
+    return ticked
+
+
+@dataclass
+class TokenTrace:
+    """One trace token by token, for the token-level view."""
+
+    texts: list[str]  # each token's characters, prompt then response up to the end of F
+    steps: list[int | None]  # the step each token belongs to (None: prompt, between steps, F)
+    prompt_len: int
+    answer: tuple[int, int]  # F's absolute span
+
+
+def token_trace(record: TraceRecord, tokenizer) -> TokenTrace:
+    """Each token's text (from decoding the ids themselves) and its step."""
+    prompt_text, prompt_offsets = token_char_offsets(tokenizer, record.prompt_ids)
+    text, offsets = token_char_offsets(tokenizer, record.response_ids)
+    texts = [prompt_text[a:b] for a, b in prompt_offsets] + [text[a:b] for a, b in offsets]
+    steps: list[int | None] = [None] * len(texts)
+    item = record.item()
+    for k, (a, b) in enumerate(item.steps):
+        steps[a:b] = [k] * (b - a)
+    return TokenTrace(texts[: item.answer[1]], steps[: item.answer[1]], len(record.prompt_ids), item.answer)
 
 
 def list_runs(root: str | Path, artefact: str) -> list[Path]:

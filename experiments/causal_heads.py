@@ -1,7 +1,7 @@
 """Head-level causal check: forced-answer accuracy with the KFHs ablated vs as many random heads.
 
-    python experiments/causal_heads.py --model organism --kfh runs/discover/kfh.json --out runs/causal
-    python experiments/causal_heads.py --model organism --kfh runs/discover/kfh.json --ablation mean --out ...
+    python experiments/causal_heads.py --model organism --kfh runs/kfh/kfh.json --out runs/causal
+    python experiments/causal_heads.py --model organism --kfh runs/kfh/kfh.json --ablation mean --out ...
 
 Writes causal.json (accuracy intact / KFHs ablated / each random draw, and the changes) and
 figures/causal.*.
@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from analyses.causal import ABLATIONS, causal_figure, run_causal
 from analyses.figures import save_figure
+from workbench.cli import run_command
 from workbench.kfh import load_kfh
-from workbench.models import LoadedModel, load_model
-from workbench.traces import add_trace_arguments, traces_from_args, verifier_for
+from workbench.models import LoadedModel, add_model_arguments, model_from_args
+from workbench.traces import add_trace_arguments, check_trace_arguments, traces_from_args, verifier_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="organism")
-    p.add_argument("--device", default=None)
+    add_model_arguments(p)
     p.add_argument("--kfh", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     add_trace_arguments(p, n_traces=100)
@@ -39,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> dict:
     """Run the study; ``loaded`` (optional) is the model ``--model`` names, already loaded."""
     args = parse_args(argv)
-    loaded = loaded or load_model(args.model, device=args.device)
+    check_trace_arguments(args, args.model)
+    loaded = loaded or model_from_args(args)
     sel = load_kfh(args.kfh, loaded)
     verifier = verifier_for(loaded, args.verifier)
     records = traces_from_args(args, loaded, correct_only=True, seed=args.seed + 2_000_003)
@@ -57,4 +57,4 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(run_command(main))

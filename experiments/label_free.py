@@ -11,14 +11,14 @@ each ranker's top-N on the same traces without them; both are measured by SRA on
 traces (bootstrap CIs), with the paired gap, the overlap, and the Spearman over all heads between
 each ranking and held-out SRA.  Writes label_free.json (every seed, and mean ± std over seeds),
 label_free_heads.csv (each head's ranker scores over all traces and held-out SRA, first seed) and
-figures/label_free.*.
+figures/label_free.*.  Traced steps (and counterfactual labels) are cached in OUT/cache, so
+rerunning a killed command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -28,22 +28,25 @@ import pandas as pd
 from analyses.figures import save_figure
 from analyses.label_free import (PROXIMITY, RANKERS, compare_selections, gather_evidence, label_free_figure,
                                  needs, ranker_scores, summarize_seeds)
-from analyses.labels import get_labels, label_codes
+from analyses.labels import default_labels, get_labels, label_codes
 from analyses.sra import baselines, per_trace_sra, split
+from workbench.cache import add_cache_arguments, cache_dir
+from workbench.cli import run_command
 from workbench.heads import head_name
-from workbench.models import LoadedModel, load_model
-from workbench.traces import add_trace_arguments, is_organism, traces_from_args
+from workbench.models import LoadedModel, add_model_arguments, model_from_args
+from workbench.provenance import stamp
+from workbench.traces import add_trace_arguments, check_trace_arguments, traces_from_args
 from workbench.tracing import ScoreCache
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="organism")
-    p.add_argument("--device", default=None)
+    add_model_arguments(p)
     p.add_argument("--out", required=True, type=Path)
     add_trace_arguments(p, n_traces=200)
     p.add_argument("--labels", default=None, help="the truth to measure against, as in discover_heads.py "
-                                                  "(default: organism for the organism, else counterfactual)")
+                                                  "(default: organism for the organism, chunks for traces "
+                                                  "that carry them, else counterfactual)")
     p.add_argument("--methods", nargs="+", default=list(RANKERS), help=f"label-free rankers: {', '.join(RANKERS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--top-n", type=int, default=3)
@@ -51,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--proximity", type=int, default=PROXIMITY, help="receiver: nearest later segments left out")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=1, help="tracing batch size")
-    p.add_argument("--cache", type=Path, default=None, help="tracing cache folder: a killed run resumes from it")
+    add_cache_arguments(p)
     args = p.parse_args(argv)
     needs(args.methods)
     return args
@@ -60,10 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> dict:
     """Run the study; ``loaded`` (optional) is the model ``--model`` names, already loaded."""
     args = parse_args(argv)
-    loaded = loaded or load_model(args.model, device=args.device)
-    labels_spec = args.labels or ("organism" if is_organism(loaded) else "counterfactual")
-    cache = args.cache and ScoreCache(args.cache)
-    seeds, first, previous = [], None, None
+    check_trace_arguments(args, args.model)
+    loaded = loaded or model_from_args(args)
+    folder = cache_dir(args)
+    cache = ScoreCache(folder) if folder else None
+    labels_spec, seeds, first, previous = args.labels, [], None, None
     for seed in args.seeds:
         t0 = time.time()
         records = traces_from_args(args, loaded, seed=seed)
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
         if same:  # a trace file: the same traces, only the split changes
             records, codes, evidence, seconds = previous
         else:
-            codes = [label_codes(x) for x in get_labels(labels_spec, records, loaded)]
+            labels_spec = labels_spec or default_labels(loaded, records)
+            codes = [label_codes(x) for x in get_labels(labels_spec, records, loaded, cache=cache)]
             evidence = gather_evidence(loaded, records, args.methods, cache=cache, batch_size=args.batch_size)
             seconds = time.time() - t0
         previous = records, codes, evidence, seconds
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
                                     is not None])) for name in ("earlier", "longer")}
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"model": loaded.name, "fingerprint": loaded.fingerprint, "traces": args.traces,
+    settings = {**stamp(loaded), "traces": args.traces,
                 "labels": labels_spec, "methods": args.methods, "seeds": args.seeds, "top_n": args.top_n,
                 "discovery_frac": args.discovery_frac, "proximity": args.proximity, "max_tokens": args.max_tokens,
                 "n_traces_requested": args.n_traces}
@@ -132,4 +137,4 @@ def _report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(run_command(main))

@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from analyses.figures import save_figure
 from analyses.methods import RunFiles, check_claims, curves_figure, dynamics_table, markdown_table, method_table, \
     run_row, tokens_accuracy_figure
 from experiments import ablate_steps, discover_heads, stability
+from workbench.cli import run_command
 from workbench.config import Config, load_config
 from workbench.models import load_model
 from workbench.training.loop import train
@@ -198,11 +198,14 @@ def train_runs(work: Path, b: Budget, methods: list[str], kfh: Path, on_done: Ca
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval_start.json", "eval_final.json", "wall_clock.json")
+TRACE_FILES = ("traces.jsonl", "scores.safetensors")  # let the app's trace viewer open the published discovery
+MAX_TRACE_FILE_BYTES = 4 << 20  # the organism's 200 traces take a few hundred kB; a real model's stay in work
 
 
 def publish(work: Path, out: Path) -> None:
-    """Copy what the report cites from the work folder to ``out``: small files and the figures
-    (checkpoints, traces and scores stay in ``work``)."""
+    """Copy what the report cites and the app shows from the work folder to ``out``: small files
+    and the figures (checkpoints stay in ``work``, and so do discovery traces beyond
+    ``MAX_TRACE_FILE_BYTES``)."""
     def copy(src: Path, dst: Path) -> None:
         if src.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -210,10 +213,19 @@ def publish(work: Path, out: Path) -> None:
 
     for name in ("sra.csv", "kfh.json", "baselines.json"):
         copy(work / "discover" / name, out / "discover" / name)
+    traces = [work / "discover" / name for name in TRACE_FILES]
+    if all(f.exists() and f.stat().st_size <= MAX_TRACE_FILE_BYTES for f in traces):
+        for src in traces:
+            copy(src, out / "discover" / src.name)
+    else:
+        print(f"[reproduce] not publishing {', '.join(TRACE_FILES)} (missing or over "
+              f"{MAX_TRACE_FILE_BYTES >> 20} MB); the app opens them from {work / 'discover'}", flush=True)
     copy(work / "ablation" / "ablation.json", out / "ablation.json")
     for run in sorted(p for p in (work / "runs").glob("*") if p.is_dir()):
         for name in RUN_FILES:
             copy(run / name, out / "runs" / run.name / name)
+    for run in sorted(p for p in (work / "stability").glob("*") if p.is_dir()):
+        copy(run / "stability.json", out / "stability" / run.name / "stability.json")
     figure_dirs = {"": [work / "discover" / "figures", work / "ablation" / "figures"],
                    **{f"{d.name}_": [d / "figures"] for d in sorted((work / "stability").glob("*"))}}
     for prefix, dirs in figure_dirs.items():
@@ -386,4 +398,4 @@ def render_report(summary: dict, table: list[dict], claims, dynamics: str, out: 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(run_command(main))

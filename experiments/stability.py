@@ -8,38 +8,40 @@ checkpoint is then teacher-forced on the same token ids.  The KFHs whose step sc
 compared come from ``--kfh`` or, by default, are the first checkpoint's top-N heads by SRA.
 ``--sft-steps N`` appends a copy of the first checkpoint fine-tuned for N supervised steps on
 the trace set's responses: a second checkpoint of the same shape when no training run exists.
-Writes stability.json and figures/stability.*.
+Writes stability.json (with the first checkpoint's name and fingerprint, the KFHs, the trace set
+and the date) and figures/stability.*.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from analyses.figures import save_figure
-from analyses.labels import get_labels, label_codes
+from analyses.labels import default_labels, get_labels, label_codes
 from analyses.sra import sra, top_heads
-from analyses.stability import checkpoint_summary, compare, stability_figure
-from workbench.checkpoints import save_hf_atomic
-from workbench.heads import head_name
+from analyses.stability import checkpoint_summary, stability_figure, stability_result
+from workbench.cli import run_command
 from workbench.kfh import load_kfh
-from workbench.models import LoadedModel, load_model
-from workbench.traces import TraceRecord, add_trace_arguments, is_organism, traces_from_args
+from workbench.models import LoadedModel, add_model_arguments, model_from_args
+from workbench.provenance import stamp
+from workbench.traces import add_trace_arguments, check_trace_arguments, traces_from_args
 from workbench.tracing import trace_step_scores
+from workbench.training.sft import supervised_finetune
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", nargs="+", required=True, help="model specs; the first is the reference")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--device", default=None)
+    add_model_arguments(p, model=False)
     add_trace_arguments(p, n_traces=100)
-    p.add_argument("--labels", default=None, help="as in discover_heads.py (default: organism / counterfactual)")
+    p.add_argument("--labels", default=None,
+                   help="as in discover_heads.py (default: organism / chunks / counterfactual)")
     p.add_argument("--kfh", type=Path, default=None,
                    help="heads for the step scores (default: the first checkpoint's top-N by SRA)")
     p.add_argument("--top-n", type=int, default=3)
@@ -51,54 +53,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def supervised_finetune(loaded: LoadedModel, records: list[TraceRecord], steps: int, lr: float, out: Path,
-                        batch_size: int = 4) -> Path:
-    """A copy of the model trained ``steps`` steps on the trace set's responses, saved to ``out``.
-
-    The loaded model itself is restored afterwards: it stays the reference checkpoint.
-    """
-    model, pad = loaded.model, loaded.tokenizer.pad_token_id
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for step in range(steps):
-        batch = [records[(step * batch_size + j) % len(records)] for j in range(batch_size)]
-        width = max(len(r.input_ids) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        for b, r in enumerate(batch):
-            ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            labels[b, len(r.prompt_ids) : len(r.input_ids)] = torch.tensor(r.response_ids)
-        mask = torch.arange(width) < torch.tensor([len(r.input_ids) for r in batch])[:, None]
-        loss = model(input_ids=ids.to(loaded.device), attention_mask=mask.long().to(loaded.device),
-                     labels=labels.to(loaded.device)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    save_hf_atomic(model, loaded.tokenizer, out)
-    model.load_state_dict(state)
-    return out
-
-
 def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> dict:
     """Run the study; ``loaded`` (optional) is the already-loaded first checkpoint."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    first = loaded or load_model(args.checkpoints[0], device=args.device)
+    check_trace_arguments(args, args.checkpoints[0])
+    first = loaded or model_from_args(args, args.checkpoints[0])
     checkpoints = list(args.checkpoints)
     records = traces_from_args(args, first)
     if args.sft_steps:
         torch.manual_seed(args.seed)
         checkpoints.append(str(supervised_finetune(first, records, args.sft_steps, args.sft_lr,
                                                    args.out / f"sft-{args.sft_steps}")))
-    labels_spec = args.labels or ("organism" if is_organism(first) else "counterfactual")
+    labels_spec = args.labels or default_labels(first, records)
     codes = [label_codes(x) for x in get_labels(labels_spec, records, first)]
     items = [r.item() for r in records]
     vocab = first.tokenizer.get_vocab()
     summaries, kfh = [], None
     for spec in checkpoints:
-        ckpt = first if spec == checkpoints[0] else load_model(spec, device=args.device)
+        ckpt = first if spec == checkpoints[0] else model_from_args(args, spec)
         if ckpt.tokenizer.get_vocab() != vocab:
             raise ValueError(f"checkpoint {spec!r} has another tokenizer than {checkpoints[0]!r}; "
                              "stability needs the same token ids at every checkpoint")
@@ -108,9 +81,9 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
                    else top_heads(sra(scores, codes, n_boot=0).sra, args.top_n))
         summaries.append(checkpoint_summary(scores, codes, kfh))
         print(f"{spec}: best head SRA {np.nanmax(summaries[-1]['sra']):.3f}")
-    result = {"checkpoints": checkpoints, **compare(summaries, args.top_n), "kfh": [head_name(h) for h in kfh],
-              "n_traces": len(records), "labels": labels_spec,
-              "sra": [[[None if v != v else float(v) for v in row] for row in s["sra"]] for s in summaries]}
+    result = {**stability_result(checkpoints, summaries, kfh, args.top_n), "n_traces": len(records),
+              "labels": labels_spec, **stamp(first),
+              "traces": {"source": args.traces, "n_traces": args.n_traces, "seed": args.seed}}
     (args.out / "stability.json").write_text(json.dumps(result, indent=2) + "\n")
     save_figure(stability_figure(result), args.out / "figures", "stability")
     for key in ("pearson_sra", "spearman_sra", "pearson_step_scores", "topn_overlap"):
@@ -119,4 +92,4 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(run_command(main))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,3 +48,30 @@ def tiny_qwen2():
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     model = Qwen2ForCausalLM(cfg).eval()
     return LoadedModel(model, tok, "tiny-qwen2", model_fingerprint(model))
+
+
+def _finds_no_browser(env: dict[str, str]) -> bool:
+    probe = "from workbench.png import png_unavailable; print(png_unavailable() or '')"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return bool(done.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def browserless_env(tmp_path_factory) -> dict[str, str]:
+    """A subprocess environment with PNG export ON and no Chrome/Chromium where kaleido looks.
+
+    Kaleido looks in its own download folder, at BROWSER_PATH, on PATH and at the usual install
+    paths: here PATH holds only this Python, the download folder is an empty XDG_DATA_HOME, and where
+    a browser sits at a usual path (``/usr/bin/chromium`` in CI) BROWSER_PATH names a missing file,
+    where kaleido's search then stops.  Skips where a browser cannot be hidden (one in choreographer's
+    own package folder).
+    """
+    empty = tmp_path_factory.mktemp("no-browser")
+    env = {k: v for k, v in os.environ.items() if k not in ("KFH_PNG", "KFH_PNG_TIMEOUT", "BROWSER_PATH")}
+    env.update(KFH_PNG="1", PATH=str(Path(sys.executable).parent), XDG_DATA_HOME=str(empty))
+    if not _finds_no_browser(env):
+        env["BROWSER_PATH"] = str(empty / "no-browser-here")
+        if not _finds_no_browser(env):
+            pytest.skip("kaleido finds a browser that an environment cannot hide (choreographer's own copy)")
+    return env

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.ablation import (ablated_prefix, ablation_figure, choose_steps, pass_at_k, resolve_m, run_ablation,
-                               sample_continuations)
+import analyses.ablation
+from analyses.ablation import (ablated_prefix, ablation_figure, ablation_warnings, choose_steps, pass_at_k, resolve_m,
+                               run_ablation, sample_continuations)
+from workbench.cache import JsonCache
 from workbench.traces import reference_organism
 from workbench.verifiers import grade_organism
 
@@ -97,6 +99,85 @@ def test_run_ablation_counts_and_skips(tiny_qwen2):
         run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=4, ks=(8,), progress=False)
     assert len(ablation_figure(res).data) == 6  # pass@k bars per condition, log p(F) and of the reference
 
+
+def test_ablation_figure_has_ci_error_bars_over_traces():
+    rows = [{"trace_id": str(i), "removed": {}, "correct": {"none": 4, "high": c, "low": 4, "random": 3}}
+            for i, c in enumerate([0, 2, 4])]
+    conditions = {c: {"pass@1": 0.5, "pass@4": 0.9, "n_traces": 3} for c in ("none", "high", "low", "random")}
+    result = {"n_traces": 3, "m": 1, "mode": "forced", "n_samples": 4, "ks": [1, 4], "per_trace": rows,
+              "conditions": conditions}
+    fig = ablation_figure(result)
+    high = next(t for t in fig.data if "highest" in t.name)
+    p1 = [pass_at_k(4, c, 1) for c in (0, 2, 4)]  # 0, 0.5, 1
+    assert high.error_y.array[0] == pytest.approx(1.96 * np.std(p1, ddof=1) / np.sqrt(3))
+    none = next(t for t in fig.data if t.name.startswith("none"))
+    assert list(none.error_y.array) == [0.0, 0.0]  # every trace the same: no spread
+    assert not ablation_figure({**result, "per_trace": []}).data[0].error_y.visible  # shipped files without rows
+
+
+def test_ablation_keeps_answers_and_warns_when_intact_fails(tiny_qwen2):
+    """A random model fails every answer: the result says so, and the answers are there to look at."""
+    refs = reference_organism(tiny_qwen2.tokenizer, 2, seed=6)
+    scores = [np.arange(r.n_steps, dtype=float) for r in refs]
+    res = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=4, ks=(1, 4), max_new_tokens=6,
+                       progress=False, keep_answers=3)
+    assert res["conditions"]["none"]["pass@4"] == 0
+    assert len(res["warnings"]) == 1 and "intact condition (no step removed) is already at 0" in res["warnings"][0]
+    for row in res["per_trace"]:
+        for cond, answers in row["answers"].items():
+            assert len(answers) == 3 and all(a["correct"] is False and a["text"].startswith("</think>")
+                                             for a in answers)
+    assert ablation_warnings({"none": {"pass@1": 0.25, "n_traces": 2}}, "forced") == []
+    every_one_skipped = run_ablation(tiny_qwen2, refs, scores, 50, grade_organism, n_samples=4, ks=(1,),
+                                     progress=False)
+    assert every_one_skipped["warnings"] == ["all 2 traces have at most m=50 removable steps and were skipped: "
+                                             "lower --m"]
+
+
+def test_ablation_resumes_from_its_cache(tiny_qwen2, tmp_path, monkeypatch):
+    """Each trace is seeded on its own, so a run cut after one trace and resumed from the cache samples only
+    the rest and gives what an uncached run gives."""
+    refs = reference_organism(tiny_qwen2.tokenizer, 3, seed=7)
+    scores = [np.arange(r.n_steps, dtype=float)[::-1] for r in refs]
+    kw = {"n_samples": 4, "ks": (1, 2), "max_new_tokens": 6, "temperature": 1.0, "seed": 3, "progress": False}
+    whole = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, **kw)
+    calls = []
+    real = analyses.ablation.sample_continuations
+    monkeypatch.setattr(analyses.ablation, "sample_continuations", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = JsonCache(tmp_path / "cache")
+    run_ablation(tiny_qwen2, refs[:1], scores[:1], 1, grade_organism, cache=cache, **kw)  # then "killed"
+    assert len(calls) == 4  # one trace x 4 conditions
+    resumed = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, cache=cache, **kw)
+    assert len(calls) == 4 + 2 * 4  # only the two unfinished traces were sampled
+    assert resumed == whole
+
+
+
+def test_logprob_ablation_resumes_from_its_cache_and_both_reuses_each_measure(tiny_qwen2, tmp_path, monkeypatch):
+    """The log-prob part is cached per trace like pass@k: a killed logprob run resumes scoring only the
+    unfinished traces, and a later ``both`` run reuses the logprob and passk runs' parts, computing nothing."""
+    refs = reference_organism(tiny_qwen2.tokenizer, 3, seed=7)
+    scores = [np.arange(r.n_steps, dtype=float)[::-1] for r in refs]
+    kw = {"n_samples": 2, "ks": (1, 2), "max_new_tokens": 4, "seed": 3, "n_boot": 50, "progress": False}
+    whole = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="logprob", **kw)
+    scored, sampled = [], []
+    real_score, real_sample = analyses.ablation.continuation_logprobs, analyses.ablation.sample_continuations
+    monkeypatch.setattr(analyses.ablation, "continuation_logprobs",
+                        lambda *a, **k: scored.append(1) or real_score(*a, **k))
+    monkeypatch.setattr(analyses.ablation, "sample_continuations",
+                        lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
+    cache = JsonCache(tmp_path / "cache")
+    run_ablation(tiny_qwen2, refs[:1], scores[:1], 1, grade_organism, measure="logprob", cache=cache, **kw)
+    assert len(scored) == 4  # one trace x 4 conditions, then "killed"
+    resumed = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="logprob", cache=cache, **kw)
+    assert len(scored) == 4 + 2 * 4 and resumed == whole
+    passk = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="passk", cache=cache, **kw)
+    assert len(sampled) == 3 * 4
+    both = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="both", cache=cache, **kw)
+    assert len(scored) == 12 and len(sampled) == 12  # nothing computed again
+    assert both == run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="both", **kw)
+    for row, p, lp in zip(both["per_trace"], passk["per_trace"], resumed["per_trace"]):
+        assert row == {**p, **lp}
 
 def test_head_ablation_matches_plain_hooks(tiny_qwen2):
     """nnsight's zero/mean ablation of heads during generation == a forward pre-hook on o_proj."""

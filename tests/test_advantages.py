@@ -1,10 +1,13 @@
-"""Advantage rules of AttnPO and its baselines against hand-computed cases (attnpo-method.md §6-7)."""
+"""Advantage rules of AttnPO and its baselines against hand-computed cases (attnpo-method.md §6-7), and the
+method seam (``workbench.methods``) that dispatches on them."""
 
 import pytest
 import torch
 
 from workbench import advantages as adv
-from workbench.advantages import AttnPOParams, StepBatch
+from workbench import methods
+from workbench.advantages import MethodParams, StepBatch
+from workbench.rewards import length_penalised_reward
 
 
 def close(t, expected, atol=1e-6):
@@ -26,7 +29,7 @@ def batch(scores, a, p, step=2000, answer_len=10, total_len=100, mask=None) -> S
     )
 
 
-P = AttnPOParams()  # beta = lam = 2, delta = 0, T = 1000
+P = MethodParams()  # beta = lam = 2, delta = 0, T = 1000
 
 
 def test_rloo_leave_one_out_without_std_normalisation():
@@ -64,14 +67,14 @@ def test_pos_adv_p_half_worked_example_and_delay():
     g = adv.step_gammas(b, P)
     assert g.gamma[0].tolist() == [1.0, 1.0] and not g.attenuated.any()
     # a shorter horizon ends the delay earlier
-    assert adv.step_gammas(b, AttnPOParams(horizon=999)).gamma[0].tolist() == pytest.approx([0.825, 1.0])
+    assert adv.step_gammas(b, MethodParams(horizon=999)).gamma[0].tolist() == pytest.approx([0.825, 1.0])
 
 
 def test_delta_floors_the_pos_adv_factor():
     # gamma = (1 - delta) * (p^lam * S/S_base + 1 - p^lam) + delta = 0.5 * 0.3 + 0.5
-    g = adv.step_gammas(batch([[0.03]], [1.0], [1.0], step=1), AttnPOParams(delta=0.5))
+    g = adv.step_gammas(batch([[0.03]], [1.0], [1.0], step=1), MethodParams(delta=0.5))
     assert g.gamma.item() == pytest.approx(0.65)
-    g0 = adv.step_gammas(batch([[0.0]], [1.0], [1.0], step=1), AttnPOParams(delta=0.2))
+    g0 = adv.step_gammas(batch([[0.0]], [1.0], [1.0], step=1), MethodParams(delta=0.2))
     assert g0.gamma.item() == pytest.approx(0.2)  # a step with no attention still keeps delta
 
 
@@ -101,26 +104,100 @@ def test_nan_score_is_an_error_naming_the_step():
         adv.step_gammas(batch([[0.01, float("nan")]], [0.4], [1.0]), P)
 
 
+def run_method(name, scores, rewards, correct, step=1):
+    """``name``'s output on responses of 8 tokens: steps [0, 3) and [3, 6), then </think> and F."""
+    s = torch.tensor(scores, dtype=torch.float64)
+    n = s.shape[0]
+    inputs = methods.AdvantageInputs(
+        rewards=torch.tensor(rewards), correct=torch.tensor(correct), lengths=torch.full((1, n), 8),
+        steps=[[(0, 3), (3, 6)]] * n, scores=s, step_mask=torch.ones_like(s, dtype=torch.bool),
+        answer_len=torch.full((n,), 10.0), total_len=torch.full((n,), 100), step=step, width=8)
+    return methods.get_method(name).fn(inputs, P)
+
+
 def test_registered_methods_switch_the_rules():
-    b = batch([[0.01, 0.5], [0.01, 0.5]], [0.4, -0.4], [1.0, 1.0], step=1)
-    gam = {name: adv.get_method(name).rescale(b, P).gamma for name in adv.METHODS}
+    # rewards [0.4, 0] in one group of two correct responses: RLOO A = [0.4, -0.4], p = 1, S_base = 0.1
+    out = {name: run_method(name, [[0.01, 0.5], [0.01, 0.5]], [[0.4, 0.0]], [[True, True]])
+           for name in ("rloo", "tlmre", "attnpo", "attnpo_pos", "attnpo_neg")}
+    gam = {name: o.tokens[:, [0, 3]] / torch.tensor([[0.4], [-0.4]]) for name, o in out.items()}
     close(gam["attnpo"], [[0.1, 1.0], [1.0, 0.0]])
     close(gam["attnpo_pos"], [[0.1, 1.0], [1.0, 1.0]])
     close(gam["attnpo_neg"], [[1.0, 1.0], [1.0, 0.0]])
-    assert gam["rloo"].tolist() == gam["tlmre"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
-    assert not adv.get_method("rloo").length_penalty and adv.get_method("tlmre").length_penalty
-    assert adv.get_method("attnpo").scores == "kfh" and adv.get_method("oracle").scores == "oracle"
-    assert adv.get_method("tlmre").scores is None
+    close(gam["rloo"], [[1.0, 1.0], [1.0, 1.0]])
+    assert torch.equal(out["rloo"].tokens, out["tlmre"].tokens) and out["rloo"].attenuated is None
+    close(out["attnpo"].tokens[0], [0.04] * 3 + [0.4] * 5)  # </think> and F keep A
+    assert out["attnpo"].attenuated.tolist() == [[True, False], [False, False]]
+    assert out["attnpo"].protected.tolist() == [[False, False], [False, True]]
+    assert not methods.get_method("rloo").length_penalty and methods.get_method("tlmre").length_penalty
+    assert methods.get_method("attnpo").scores == "kfh" and methods.get_method("oracle").scores == "oracle"
+    assert methods.get_method("tlmre").scores is None
 
 
 def test_oracle_attenuates_redundant_and_protects_critical_steps():
     s = adv.oracle_scores(["plan", "critical", "redundant", "critical", "redundant"])
     b = batch([s.tolist(), s.tolist()], [0.5, -0.5], [1.0, 1.0], step=1)
-    g = adv.get_method("oracle").rescale(b, P)
+    g = adv.step_gammas(b, P)
     assert g.gamma[0].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0]  # p = 1: redundant steps lose all credit
     assert g.gamma[1].tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]  # needed steps shielded from the penalty
-    half = adv.get_method("oracle").rescale(batch([s.tolist()], [0.5], [0.5], step=1000), P)
+    half = adv.step_gammas(batch([s.tolist()], [0.5], [0.5], step=1000), P)
     assert half.gamma[0].tolist() == [1.0, 1.0, 0.75, 1.0, 0.75]  # p = 0.5: 1 - p^2
+    o = run_method("oracle", [[0.0, float("inf")]], [[1.0, 0.0]], [[True, True]])  # A = [1, -1]
+    assert o.tokens[0, :6].tolist() == [0.0] * 3 + [1.0] * 3
+
+
+def test_compute_advantages_runs_reward_method_and_checks():
+    correct = torch.tensor([[True, True, True, True]])  # response 2: correct but not segmented (no steps)
+    lengths = torch.tensor([[6, 10, 7, 8]])
+    steps = [[(0, 2), (2, 4)], [(0, 5), (5, 8)], [], [(0, 3), (3, 6)]]
+    scores = [torch.tensor([0.001, 0.5]), torch.tensor([0.001, 0.5]), None, torch.tensor([0.5, 0.5])]
+    args = (correct, lengths, steps, scores, torch.full((4,), 2.0), lengths.reshape(-1) + 20, 5000, P)
+    out = methods.compute_advantages("attnpo", *args)
+    rewards = length_penalised_reward(correct, lengths, 0.2)
+    close(out.rewards, rewards.tolist())
+    a = adv.rloo_advantage(rewards).reshape(-1)
+    assert out.tokens.shape == (4, 10) and out.step_mask.tolist() == [[True] * 2, [True] * 2, [False] * 2, [True] * 2]
+    assert a[0] > 0 > a[1] and a[3] < 0  # the shortest correct response gains, the longer ones lose
+    close(out.tokens[2], [float(a[2])] * 10)  # not rescaled: uniform
+    assert out.attenuated.tolist() == [[True, False], [False, False], [False, False], [False, False]]
+    assert out.protected.tolist() == [[False, False], [False, True], [False, False], [True, True]]
+    close(out.tokens[0, :4], [0.001 / (2 / 26) * float(a[0])] * 2 + [float(a[0])] * 2, atol=1e-6)
+    close(out.tokens[1, :8], [float(a[1])] * 5 + [0.0] * 3)
+    plain = methods.compute_advantages("rloo", *args)  # rloo ignores the scores and the length penalty
+    close(plain.tokens[:, 0], [0.0] * 4)  # all correct: the 0/1 reward leaves nothing to prefer
+    assert not plain.attenuated.any() and not plain.protected.any()
+    with pytest.raises(ValueError, match="response 1: 2 steps but 1 step scores"):
+        methods.compute_advantages("attnpo", correct, lengths, steps, [scores[0], scores[0][:1], None, scores[3]],
+                                   *args[4:])
+    with pytest.raises(ValueError, match="response 0: 2 steps but no step scores"):
+        methods.compute_advantages("oracle", correct, lengths, steps, None, *args[4:])
+
+
+def test_grpo_is_one_registered_module_with_std_normalisation():
+    out = methods.compute_advantages("grpo", torch.tensor([[True, True, False, False], [True, False, False, False]]),
+                                     torch.tensor([[5, 9, 6, 7], [4, 4, 4, 4]]), [[]] * 8, None,
+                                     torch.zeros(8), torch.full((8,), 20), 1, P)
+    # group 1: mean 0.5, unbiased std sqrt(1/3); group 2: mean 0.25, std 0.5; 0/1 reward, no length penalty
+    close(out.tokens[:, 0], [0.5 / 3 ** -0.5] * 2 + [-0.5 / 3 ** -0.5] * 2 + [1.5, -0.5, -0.5, -0.5], atol=1e-5)
+    assert out.tokens.shape == (8, 9) and (out.tokens == out.tokens[:, :1]).all()
+    single = methods.compute_advantages("grpo", torch.tensor([[True]]), torch.tensor([[3]]), [[]], None,
+                                        torch.zeros(1), torch.full((1,), 9), 1, P)
+    close(single.tokens, [[1.0] * 3])
+
+
+def test_a_new_method_is_one_registration():
+    @methods.register_method("test_sign", length_penalty=False, scores=None)
+    def sign(inputs, params):
+        return methods.MethodOutput(inputs.broadcast(inputs.rewards * 2 - 1))
+
+    try:
+        out = methods.compute_advantages("test_sign", torch.tensor([[True, False]]), torch.tensor([[2, 3]]), [[], []],
+                                         None, torch.zeros(2), torch.full((2,), 5), 1, P)
+        close(out.tokens, [[1.0] * 3, [-1.0] * 3])
+        from workbench.config import load_config
+
+        assert load_config(None, ["method.name=test_sign"]).method.name == "test_sign"
+    finally:
+        del methods.METHODS["test_sign"]
 
 
 def test_token_advantages_scale_step_tokens_only():
@@ -141,7 +218,9 @@ def test_step_index_rejects_spans_outside_the_response():
 
 
 def test_registry_rejects_unknown_and_duplicate_names():
-    with pytest.raises(KeyError, match="unknown advantage method 'grpo'.*attnpo"):
-        adv.get_method("grpo")
+    with pytest.raises(KeyError, match="unknown advantage method 'ppo_magic'.*attnpo"):
+        methods.get_method("ppo_magic")
     with pytest.raises(ValueError, match="registered twice"):
-        adv.register_method("attnpo", length_penalty=True, scores="kfh")(lambda b, p: None)
+        methods.register_method("attnpo", length_penalty=True, scores="kfh")(lambda b, p: None)
+    with pytest.raises(ValueError, match="scores must be None, 'kfh' or 'oracle'"):
+        methods.register_method("x", length_penalty=True, scores="labels")

@@ -13,7 +13,8 @@ from workbench.tracing.items import check_item
 
 def test_dispatcher_finds_the_tracing_subcommand():
     assert "tracing" in subcommands()
-    done = subprocess.run([sys.executable, "-m", "workbench.bench", "no-such-bench"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "workbench.bench", "no-such-bench"], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2 and "tracing" in done.stderr
 
 
@@ -45,3 +46,27 @@ def test_a_failing_worker_becomes_error_rows():
     rows = run_worker(spec, timeout=300)
     assert rows[0]["seq_len"] == 256 and "no-such-model" in rows[0]["error"]
     assert rows[1]["seq_len"] == 512 and rows[1]["skipped"] == "failed at 256"
+
+
+def test_logprob_quick_json_compares_the_two_passes():
+    assert "logprob" in subcommands()
+    cmd = [sys.executable, "-m", "workbench.bench", "logprob", "--quick", "--json", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["model"] == "organism" and [r["seq_len"] for r in result["rows"]] == [256, 512]
+    for r in result["rows"]:
+        assert r["peak_mb_full"] > 0 and r["peak_mb"] > 0 and r["seconds_full"] > 0 and r["seconds"] > 0
+        assert r["max_abs_diff"] < 1e-5  # the lean pass gives the same log-probs
+
+
+def test_dtype_bench_compares_each_dtype_with_float32():
+    cmd = [sys.executable, "-m", "workbench.bench", "dtype", "--model", "organism", "--n-traces", "4", "--repeats", "1",
+           "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["dtype"]: r for r in json.loads(done.stdout)["rows"]}
+    assert sorted(rows) == ["bfloat16", "float32"]
+    assert rows["float32"]["max_abs_score_diff"] == 0 and rows["float32"]["max_abs_sra_diff"] == 0
+    assert rows["bfloat16"]["memory_vs_float32"] == 0.5 and rows["bfloat16"]["tokens"] == rows["float32"]["tokens"]
+    assert 0 < rows["bfloat16"]["max_abs_score_diff"] < 0.1 and rows["bfloat16"]["score_spearman"] > 0.9

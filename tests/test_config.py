@@ -13,7 +13,7 @@ ORGANISM = ROOT / "configs" / "organism"
 @pytest.mark.parametrize("method", ["rloo", "tlmre", "attnpo", "attnpo_pos", "attnpo_neg", "oracle"])
 def test_every_organism_config_loads_with_its_method(method):
     cfg = load_config(ORGANISM / f"{method}.yaml")
-    assert cfg.method.name == method and cfg.model.name == "organism" and cfg.data.source == "organism"
+    assert cfg.method.name == method and cfg.model.name == "organism" and cfg.data.task == "organism"
     if method.startswith("attnpo"):
         assert cfg.kfh.path is not None
 
@@ -50,7 +50,9 @@ def test_defaults_without_a_file():
     ("rollout.group_size=true", r"rollout\.group_size: expected int, got True"),
     ("kfh.heads=L3H1", r"kfh\.heads: expected a list"),
     ("kfh.heads=[L3H1,3]", r"kfh\.heads\[1\]: expected str, got 3"),
-    ("method.name=grpo", r"method\.name: unknown method 'grpo'"),
+    ("method.name=ppo_magic", r"method\.name: unknown method 'ppo_magic'"),
+    ("data.task=maths", r"data\.task: unknown task 'maths'; known: organism.*jsonl"),
+    ("rollout.temperature=0", r"rollout\.temperature: must be above 0"),
     ("rollout.top_p=1.5", r"rollout\.top_p: must be in \(0, 1\]"),
     ("train.steps=0", r"train\.steps: must be at least 1"),
     ("train.lr", r"not of the form section\.key=value"),
@@ -71,8 +73,9 @@ def test_kfh_methods_need_exactly_one_head_source():
     load_config(ORGANISM / "tlmre.yaml")  # the baselines need no heads
 
 
-def test_oracle_needs_the_organism():
-    with pytest.raises(ConfigError, match="oracle uses the organism's true step labels"):
+def test_oracle_needs_a_task_with_step_labels():
+    with pytest.raises(ConfigError, match="oracle uses the task's true step labels; task 'jsonl' has none "
+                                          r"\(tasks with step labels: organism"):
         load_config(ROOT / "configs" / "hf" / "smollm2.yaml", ["method.name=oracle"])
 
 
@@ -113,3 +116,35 @@ def test_organism_trainer_arguments_use_the_same_loader(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "stepz=3"])
     assert exit_info.value.code == 2 and "unknown config key 'stepz'" in capsys.readouterr().err
+
+
+def test_paths_in_a_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    (sub / "run.yaml").write_text("data:\n  task: jsonl\n  train_file: prompts.jsonl\n  eval_file: ../eval.jsonl\n"
+                                  "kfh:\n  path: kfh.json\nmethod:\n  name: attnpo\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(sub / "run.yaml")
+    assert cfg.data.train_file == str(sub / "prompts.jsonl") and cfg.kfh.path == str(sub / "kfh.json")
+    assert cfg.data.eval_file == str(tmp_path / "eval.jsonl")
+    over = load_config(sub / "run.yaml", ["kfh.path=mine.json"])  # typed in the shell: relative to the cwd
+    assert over.kfh.path == str(elsewhere / "mine.json")
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg  # stored absolute: a run directory resumes anywhere
+    shipped = load_config(ORGANISM / "attnpo.yaml")
+    assert Path(shipped.kfh.path) == ORGANISM / "kfh.json" and Path(shipped.kfh.path).is_file()
+    hf = load_config(ROOT / "configs" / "hf" / "smollm2.yaml")
+    assert Path(hf.data.train_file).is_file() and Path(hf.kfh.path) == ROOT / "runs" / "discover-smollm2" / "kfh.json"
+
+
+def test_an_old_run_directory_still_resumes(tmp_path, monkeypatch):
+    """Run directories written before data.task and absolute paths: data.source, cwd-relative kfh.path."""
+    old = tmp_path / "run" / "config.yaml"
+    old.parent.mkdir()
+    old.write_text("data:\n  source: organism\n  verifier: organism\n  segmenter: organism\n"
+                   "kfh:\n  path: configs/organism/kfh.json\n  heads: null\nmethod:\n  name: attnpo\n")
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(old, base=Path.cwd())  # what `--resume` does
+    assert cfg.data.task == "organism" and Path(cfg.kfh.path) == ORGANISM / "kfh.json"

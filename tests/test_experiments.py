@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +17,13 @@ from safetensors.torch import load_file
 from experiments import ablate_steps, causal_heads, discover_heads, stability
 from workbench.kfh import load_kfh
 from workbench.models import load_model
-from workbench.traces import read_traces
+from workbench.traces import bundled_r1_traces, read_traces
 
-R1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "r1-traces" / "deepseek-r1-distill-llama-8b.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+R1 = bundled_r1_traces()  # beside the repository, or $KFH_R1_TRACES
 SRA_COLUMNS = ["layer", "head", "name", "sra", "ci_low", "ci_high", "sra_discovery", "sra_redundant_first"]
 ABLATION_KEYS = {"none", "high", "low", "random"}
+QUICKSTART_S = 900  # about 40 s on a busy 2-core CPU; today's kaleido code hung for ever
 
 
 def _check_discovery(out: Path, loaded, n_traces: int, top_n: int) -> dict:
@@ -94,6 +100,32 @@ def test_organism_end_to_end(organism, tmp_path):
         organism.fingerprint
 
 
+def _quickstart_command() -> list[str]:
+    """The README's first Quickstart command, the script part of it (after the installs)."""
+    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return shlex.split(block.split("&&")[-1])
+
+
+def test_readme_quickstart_on_a_machine_without_a_browser(organism, browserless_env, tmp_path):
+    """A newcomer's first command, run as they run it (a process, PNG export on, no Chrome/Chromium),
+    with a small trace count: every file is written, the figures as HTML with one warning, exit 0."""
+    cmd = _quickstart_command()
+    assert cmd[:2] == ["python", "experiments/discover_heads.py"] and "--n-traces" in cmd and "--out" in cmd
+    out = tmp_path / "kfh"
+    cmd[0], cmd[cmd.index("--n-traces") + 1], cmd[cmd.index("--out") + 1] = sys.executable, "12", str(out)
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=browserless_env, capture_output=True, text=True, timeout=QUICKSTART_S)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else str(e.stderr)
+        pytest.fail(f"the Quickstart command did not finish within {QUICKSTART_S} s\nstderr tail: {err[-2000:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check_discovery(out, organism, 12, 3)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "plotly.min.js", "sra_by_layer.html", "sra_heatmap.html"]
+    assert done.stderr.count("writing HTML figures only") == 1, done.stderr[-3000:]
+    assert "KFHs (top 3 by SRA on 6 discovery traces)" in done.stdout
+
+
 def test_kfh_for_another_model_stops_the_ablation(organism, tiny_qwen2, tmp_path):
     from workbench.kfh import KFHSelection, save_kfh
 
@@ -158,9 +190,6 @@ def test_smollm2_on_real_r1_traces(smollm2, tmp_path):
 def test_logprob_ablation_of_smollm2_on_a_real_r1_trace_as_a_user_runs_it(smollm2, tmp_path):
     """``ablate_steps.py --measure logprob`` in a subprocess: SmolLM2 never solves these problems
     (pass@k is 0), yet the answer's log-probability is finite and moves with what is removed."""
-    import subprocess
-    import sys
-
     from workbench.kfh import KFHSelection, save_kfh
 
     kfh = save_kfh(tmp_path / "kfh.json", KFHSelection("smollm2", smollm2.fingerprint, 30, 9,

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from analyses.labels import (answer_logprobs, chunk_labels, counterfactual_drops, file_labels, get_labels,
-                             label_codes, organism_labels, threshold_labels, write_labels)
+from analyses.labels import (answer_logprobs, chunk_labels, counterfactual_drops, default_labels, file_labels,
+                             get_labels, label_codes, organism_labels, threshold_labels, write_labels)
+from workbench.models import LoadedModel
 from workbench.organism.tokenizer import build_tokenizer
 from workbench.steps import segment_text
-from workbench.traces import TraceRecord, reference_organism
+from workbench.traces import TraceRecord, bundled_r1_traces, reference_organism
+from workbench.tracing import ScoreCache
 
-R1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "r1-traces" / "deepseek-r1-distill-llama-8b.jsonl"
+R1 = bundled_r1_traces()  # beside the repository, or $KFH_R1_TRACES
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,37 @@ def test_counterfactual_drops_match_unpadded_forwards(tiny_qwen2):
             assert d[k] == pytest.approx(full - logp(r.input_ids[:s] + r.input_ids[e:], a1 - a0), abs=1e-3)
     labels = get_labels("counterfactual:top=0.5", refs, tiny_qwen2, progress=False)
     assert all(lab.count("critical") == max(1, round(0.5 * len(lab))) for lab in labels)
+
+
+def test_counterfactual_drops_resume_from_the_cache(tiny_qwen2, tmp_path, monkeypatch):
+    """A killed labelling pass keeps its finished traces: the rerun computes only the others."""
+    import analyses.labels
+
+    refs = reference_organism(tiny_qwen2.tokenizer, 3, seed=2)
+    cache = ScoreCache(tmp_path)
+    first = counterfactual_drops(tiny_qwen2, refs[:2], progress=False, cache=cache)
+    calls = []
+    real = analyses.labels.answer_logprobs
+    monkeypatch.setattr(analyses.labels, "answer_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = counterfactual_drops(tiny_qwen2, refs, progress=False, cache=cache)
+    assert len(calls) == 1  # the third trace only
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(again[2], counterfactual_drops(tiny_qwen2, refs[2:], progress=False)[0])
+
+
+def test_default_labels(organism, tiny_qwen2):
+    refs = reference_organism(tiny_qwen2.tokenizer, 2, seed=0)
+    assert default_labels(organism, refs) == "organism"
+    class OtherVocabulary:  # any tokenizer that is not an organism's
+        def get_vocab(self) -> dict:
+            return {"x": 0}
+
+    plain = LoadedModel(tiny_qwen2.model, OtherVocabulary(), "plain", "x")
+    assert default_labels(plain, refs) == "counterfactual"
+    for r in refs:
+        r.meta["chunks"] = [{"chunk": r.response, "function_tags": ["active_computation"]}]
+    assert default_labels(plain, refs) == "chunks"
 
 
 def test_answer_logprobs_rows_of_different_lengths(tiny_qwen2):

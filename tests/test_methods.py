@@ -3,10 +3,13 @@
 import json
 import math
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from analyses.methods import RunFiles, check_claims, dynamics_table, markdown_table, method_table, run_row
+from analyses.methods import RunFiles, check_claims, dynamics_table, markdown_table, method_table, run_row, \
+    tokens_accuracy_figure
 
 
 def run(method, seed, tokens, acc, crit=2.0, precision=None, start_tokens=100.0):
@@ -59,14 +62,14 @@ def test_claims_follow_the_numbers():
     stable = [{"pearson_step_scores": [1.0, 0.93, 0.90]}]
     good = table_of({"tlmre": (80, 0.85), "attnpo_pos": (45, 0.88), "attnpo": (40, 0.92), "oracle": (35, 0.93)})
     verdicts = {c.claim.split(" (")[0][:20]: c.verdict for c in check_claims(good, ablation, stable)}
-    assert list(verdicts.values()) == ["holds"] * 6, verdicts
+    assert list(verdicts.values()) == ["holds"] * 7, verdicts
 
     bad = table_of({"tlmre": (40, 0.92), "attnpo_pos": (90, 0.80), "attnpo": (80, 0.70), "oracle": (90, 0.60)})
     unstable = [{"pearson_step_scores": [1.0, 0.5]}]
     swapped = {"conditions": {"none": {"pass@1": 0.95}, "high": {"pass@1": 0.9}, "low": {"pass@1": 0.5}}}
     verdicts = [c.verdict for c in check_claims(bad, swapped, unstable)]
     # AttnPO is longer than TLMRE here, so it has no shortening of its own for Pos-Adv to account for
-    assert verdicts == ["does not hold", "not testable"] + ["does not hold"] * 4, verdicts
+    assert verdicts == ["does not hold", "not testable"] + ["does not hold"] * 5, verdicts
 
     weak_pos = table_of({"tlmre": (80, 0.85), "attnpo_pos": (70, 0.88), "attnpo": (40, 0.92)})
     (pos,) = [c for c in check_claims(weak_pos, None, []) if c.claim.startswith("Pos-Adv alone")]
@@ -104,6 +107,36 @@ def test_sooner_shortening_is_judged_on_differences_paired_by_seed():
     assert sooner.verdict == "not measured"
 
 
+def test_publish_leaves_big_trace_files_in_the_work_folder(tmp_path, monkeypatch):
+    from experiments import reproduce
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "discover").mkdir(parents=True)
+    for name in ("sra.csv", "kfh.json", "traces.jsonl", "scores.safetensors"):
+        (work / "discover" / name).write_bytes(b"x" * 100)
+    reproduce.publish(work, out)
+    assert sorted(p.name for p in (out / "discover").iterdir()) == ["kfh.json", "scores.safetensors", "sra.csv",
+                                                                    "traces.jsonl"]
+    monkeypatch.setattr(reproduce, "MAX_TRACE_FILE_BYTES", 99)
+    shutil.rmtree(out)
+    reproduce.publish(work, out)
+    assert sorted(p.name for p in (out / "discover").iterdir()) == ["kfh.json", "sra.csv"]
+
+
+def test_published_results_are_not_git_ignored():
+    """docs/results/<model>/runs/ holds the runs' metrics the app plots: an ignore rule for the work
+    folder (runs/ at the top) must not swallow it."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("docs/results/organism/runs/attnpo-seed0/metrics.jsonl",
+                 "docs/results/organism/stability/attnpo-seed0/stability.json",
+                 "docs/results/organism/discover/traces.jsonl"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root, timeout=60)
+        assert ignored.returncode == 1, f"{path} is git-ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/reproduce/x"], cwd=root, timeout=60).returncode == 0
+
+
 def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     from experiments import reproduce
 
@@ -118,9 +151,17 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
         assert c["claim"] in report and c["verdict"] in ("holds", "does not hold", "within noise", "not testable",
                                                           "not measured")
     assert "| attnpo | 1 |" in report and (out / "methods.csv").exists()
-    for name in ("discover/kfh.json", "ablation.json", "runs/attnpo-seed0/metrics.jsonl",
-                 "runs/attnpo-seed0/eval_final.json", "figures/tokens_accuracy.html", "figures/sra_heatmap.html"):
+    for name in ("discover/kfh.json", "discover/traces.jsonl", "discover/scores.safetensors", "ablation.json",
+                 "runs/attnpo-seed0/metrics.jsonl", "runs/attnpo-seed0/eval_final.json",
+                 "stability/attnpo-seed0/stability.json", "figures/tokens_accuracy.html", "figures/sra_heatmap.html"):
         assert (out / name).exists(), name
+    # what the app shows beside a result file: the model, heads and settings it was made with
+    kfh = json.loads((out / "discover" / "kfh.json").read_text())
+    ablation = json.loads((out / "ablation.json").read_text())
+    assert ablation["kfh"] == kfh["names"] and ablation["fingerprint"] == kfh["fingerprint"]
+    assert ablation["model"] == "organism" and ablation["created"] and ablation["traces"]["source"] == "organism"
+    stab = json.loads((out / "stability" / "attnpo-seed0" / "stability.json").read_text())
+    assert stab["fingerprint"] == kfh["fingerprint"] and stab["kfh"] == kfh["names"] and stab["created"]
     assert not list(out.glob("runs/*/checkpoints")), "checkpoints stay in the work folder"
     # the start evaluation is the same for every run (same model, prompts, sampling seed): identical files
     starts = {(out / "runs" / r / "eval_start.json").read_text() for r in ("tlmre-seed0", "attnpo-seed0")}
@@ -144,3 +185,25 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     # a second call finds every stage done and only rewrites the report from the same files
     again = reproduce.main(["--quick", "--out", str(out), "--methods", "tlmre", "attnpo", "--steps", "2"])
     assert json.dumps(again["methods"]) == json.dumps(summary["methods"])  # NaN-safe comparison
+
+
+def test_power_check_needs_the_oracle_to_dominate_tlmre():
+    def verdict(oracle, tlmre):
+        (c,) = [c for c in check_claims(table_of({"tlmre": tlmre, "oracle": oracle}), None, [])
+                if c.claim.startswith("Power check")]
+        return c.verdict
+
+    assert verdict((60, 0.90), (60, 0.80)) == "holds"  # more accurate at the same length
+    assert verdict((40, 0.85), (60, 0.85)) == "holds"  # shorter beyond the seed spread at the same accuracy
+    assert verdict((61, 0.85), (60, 0.85)) == "within noise"
+    assert verdict((70, 0.90), (60, 0.80)) == "within noise"  # a trade, not dominance
+    assert verdict((60, 0.80), (60, 0.90)) == "does not hold"
+
+
+def test_tokens_accuracy_figure_draws_every_run_and_the_method_means():
+    rows = [run_row(run(m, s, 50.0 + s, 0.9)) for m in ("tlmre", "oracle") for s in range(3)]
+    fig = tokens_accuracy_figure(method_table(rows, ["tlmre", "oracle"]), rows)
+    points = [t for t in fig.data if t.mode == "markers"]
+    assert [len(t.x) for t in points] == [3, 3]  # one point per run, per method
+    means = [t for t in fig.data if t.mode == "markers+text" and t.name != "start"]
+    assert [t.x[0] for t in means] == [51.0, 51.0]

@@ -9,7 +9,7 @@ import pytest
 
 from analyses.figures import save_figure
 from analyses.sra import (baseline_scores, baselines, bootstrap_ci, by_layer_figure, discover, heatmap_figure,
-                          per_trace_sra, redundant_first, split, sra, sra_table, top_heads, trace_sra)
+                          per_trace_sra, rank_grid, redundant_first, split, sra, sra_table, top_heads, trace_sra)
 
 
 def test_hand_computed_pairs():
@@ -153,7 +153,18 @@ def test_discover_selects_on_discovery_and_reports_held_out():
 
 def test_figures(tmp_path):
     s = np.array([[0.5, 0.9], [0.2, 0.7]])
-    fig = heatmap_figure(s, marked=[(0, 1)])
-    assert np.array_equal(np.asarray(fig.data[0].z), s) and len(fig.layout.shapes) == 1
+    fig = heatmap_figure(s, marked=[(0, 1)], ci=(s - 0.1, s + 0.1), rank=rank_grid(s))
+    assert np.array_equal(np.asarray(fig.data[0].z), s)
+    cells, marks = fig.data[1], fig.data[2]
+    assert marks.name == "KFH" and marks.showlegend is not False
+    assert [(round(y), round(x)) for y, x in zip(marks.y, marks.x)] == [(0, 1)]  # in the marked cell
+    hover = {tuple(row[:1]): row for row in cells.customdata}  # what a hovered (or clicked) cell says
+    assert hover[("L1H1",)][1:].astype(float).tolist() == pytest.approx([0.7, 0.6, 0.8, 2])
+    assert list(zip(cells.y, cells.x))[3] == (1, 1) and cells.customdata[3][0] == "L1H1"
+    assert rank_grid(np.array([[0.5, np.nan], [0.9, 0.5]])).tolist() == [[2, 4], [1, 3]]
+    assert (fig.data[0].zmin, fig.data[0].zmid, fig.data[0].zmax) == (0, 0.5, 1)
+    other = heatmap_figure(s * 40, value_label="receiver", chance=None)  # a label-free ranker's score
+    assert other.data[0].zmin is None and other.data[0].zmax is None and other.data[0].colorbar.title.text == "receiver"
+    assert "receiver" in other.data[1].hovertemplate
     paths = save_figure(by_layer_figure(s, {"earlier": {"sra": 0.6}}), tmp_path, "by_layer")
     assert (tmp_path / "by_layer.html").stat().st_size > 0 and paths[0].name == "by_layer.html"

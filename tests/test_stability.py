@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analyses.stability import checkpoint_summary, compare, kfh_step_scores, stability_figure
+from analyses.figures import short_labels
+from analyses.stability import MEASURES, checkpoint_summary, compare, kfh_step_scores, sra_grids_figure, \
+    stability_figure
 
 
 def _summary(sra_lh, step_scores):
@@ -48,3 +50,20 @@ def test_checkpoint_summary_and_figure():
     assert s["sra"][0, 0] == pytest.approx(0.5) and np.allclose(s["step_scores"], [3, 1, 2, 0, 5])
     result = {"checkpoints": ["a", "b"], **compare([s, s], 1)}
     assert len(stability_figure(result).data) == 4
+
+
+def test_stability_figures_read_plainly_with_real_checkpoint_paths():
+    run = "/home/me/runs/reproduce/organism/runs/attnpo-seed0/checkpoints"
+    result = {"checkpoints": ["organism", f"{run}/step_20", f"{run}/step_40"], "pearson_sra": [1, 0.9, 0.8],
+              "spearman_sra": [1, 0.9, 0.7], "pearson_step_scores": [1, 0.99, 0.98], "topn_overlap": [1, 1, 0.5],
+              "top_heads": [[[1, 1]], [[1, 1]], [[2, 0]]], "sra": [[[0.5, 0.9], [0.2, 0.7]]] * 3}
+    fig = stability_figure(result)
+    assert list(fig.layout.xaxis.ticktext) == ["organism", "step_20", "step_40"]
+    assert [t.name for t in fig.data] == list(MEASURES.values())  # words, not pearson_sra
+    assert fig.layout.legend.orientation == "h"
+    grids = sra_grids_figure(result)
+    assert [a.text for a in grids.layout.annotations] == ["organism", "step_20", "step_40"]
+    assert np.array_equal(np.asarray(grids.data[0].z), [[0.5, 0.9], [0.2, 0.7]])
+    stars = [t for t in grids.data if t.type == "scatter"]
+    assert [(list(t.y), list(t.x)) for t in stars] == [([1], [1]), ([1], [1]), ([2], [0])]
+    assert short_labels(["/a/seed0/step_20", "/a/seed1/step_20"]) == ["seed0/step_20", "seed1/step_20"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,8 +16,9 @@ from workbench.steps import (
     BRANCH, CONFUSED, FINAL_ANSWER, FUSED_PHRASE, PROGRESSION, SUMMARY, THINK_CLOSE, UNFUSED_PHRASES,
     r1_phrases, segment_batch, segment_ids, segment_text, token_char_offsets,
 )
+from workbench.traces import bundled_r1_traces
 
-R1_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "r1-traces"
+R1_TRACES = bundled_r1_traces().parent  # beside the repository, or $KFH_R1_TRACES
 PAD = "x" * 100  # a long trigger-free filler: never short, never merged on its own account
 ANSWER = "</think>\n\nThe answer is \\boxed{5}."
 

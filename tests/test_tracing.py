@@ -15,8 +15,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from workbench.heads import kv_head, model_shape
 from workbench.models import LoadedModel
 from workbench.organism import task
-from workbench.tracing import (ScoreCache, StepScoreRecorder, TraceItem, answer_step_scores, trace_step_attention,
-                               trace_step_scores)
+from workbench.tracing import (ScoreCache, StepScoreRecorder, TraceItem, answer_attention, answer_step_scores,
+                               token_batches, trace_step_attention, trace_step_scores)
 from workbench.tracing import backends
 
 BACKENDS = ["native", "nnsight", "transformer_lens", "eager"]
@@ -144,6 +144,51 @@ def test_head_subset_is_the_slice_of_all_heads(tiny_qwen2, backend):
     for f, s in zip(full, sub):
         assert s.shape == (len(heads), f.shape[-1])
         torch.testing.assert_close(s, torch.stack([f[l, h] for l, h in heads]), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- token-level answer attention
+
+def eager_patterns(model, item: TraceItem) -> tuple[torch.Tensor, ...]:
+    """Every layer's [1, H, T, T] pattern from eager ``output_attentions``, item alone."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(torch.tensor([item.input_ids]), output_attentions=True, use_cache=False).attentions
+    finally:
+        model.set_attn_implementation(before)
+
+
+@pytest.mark.parametrize("name", ["organism", "tiny_qwen2"])
+def test_answer_attention_equals_eager_rows(request, name):
+    loaded = request.getfixturevalue(name)
+    heads = [(1, 3), (0, 0), (1, 1), (0, 1)]  # out of layer order, both KV groups of the GQA model
+    for item in items_for(loaded):
+        got = answer_attention(loaded, item, heads)
+        a0, a1 = item.answer
+        assert got.dtype == torch.float32 and got.shape == (len(heads), a1 - a0, a1)
+        patterns = eager_patterns(loaded.model, item)
+        want = torch.stack([patterns[layer][0, head, a0:a1, :a1] for layer, head in heads]).float()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.sum(-1), torch.ones(len(heads), a1 - a0), atol=1e-5, rtol=0)
+
+
+def test_answer_attention_summed_over_f_gives_the_step_scores(tiny_qwen2):
+    item = items_for(tiny_qwen2)[0]
+    heads = [(0, 2), (1, 0)]
+    rows = answer_attention(tiny_qwen2, item, heads)
+    torch.testing.assert_close(answer_step_scores(rows, item.steps),
+                               trace_step_scores(tiny_qwen2, [item], heads=heads)[0], atol=1e-5, rtol=0)
+
+
+def test_answer_attention_refuses_bad_heads_and_spans(tiny_qwen2):
+    item = items_for(tiny_qwen2)[0]
+    with pytest.raises(ValueError, match="L2H0"):
+        answer_attention(tiny_qwen2, item, [(2, 0)])
+    with pytest.raises(ValueError, match="1 to"):
+        answer_attention(tiny_qwen2, item, [])
+    with pytest.raises(ValueError, match="bad-7.*does not come after"):
+        answer_attention(tiny_qwen2, TraceItem(item.input_ids, [(3, 8), (8, 25)], (20, 30), "bad-7"), [(0, 0)])
 
 
 # ---------------------------------------------------------------- the recorder in a normal forward
@@ -305,13 +350,13 @@ def test_step_attention_answer_row_is_the_step_score_and_is_causal(tiny_qwen2):
 def test_step_attention_chunks_heads_and_gaps(tiny_qwen2, monkeypatch):
     """Rows split into chunks of 7 (across segment boundaries), steps with gaps between them, a head
     subset: the same numbers as one chunk and all heads."""
-    from workbench.tracing import step_attention
+    from workbench.tracing import native
 
     items = [random_item(len(tiny_qwen2.tokenizer), n, s) for s, n in ((4, 80), (5, 61))]
     assert any(s1 > e0 for it in items for (_, e0), (s1, _) in zip(it.steps, it.steps[1:]))  # gaps
     whole = trace_step_attention(tiny_qwen2, items, batch_size=2)
     heads = [(1, 2), (0, 3), (0, 0)]
-    monkeypatch.setattr(step_attention, "CHUNK_ELEMENTS", 7 * 2 * 80)  # 7 rows for a run of 2 heads
+    monkeypatch.setattr(native, "CHUNK_ELEMENTS", 7 * 2 * 80)  # 7 rows for a run of 2 heads
     chunked = trace_step_attention(tiny_qwen2, items, heads=heads, batch_size=2)
     for w, c in zip(whole, chunked):
         torch.testing.assert_close(c, torch.stack([w[l, h] for l, h in heads]), atol=1e-6, rtol=0)
@@ -325,3 +370,43 @@ def test_step_attention_cache_is_apart_from_step_scores(tiny_qwen2, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     assert matrix.dim() == 4 and scores.dim() == 3
     assert torch.equal(trace_step_attention(tiny_qwen2, items, cache=cache)[0], matrix)
+
+
+def test_answer_rows_in_chunks_give_the_same_step_scores_and_token_rows(tiny_qwen2, monkeypatch):
+    """The recorder's answer rows split into chunks of 3 (each chunk's keys stop at its last row):
+    step scores and token rows as in one chunk."""
+    from workbench.tracing import native
+
+    items = items_for(tiny_qwen2)
+    heads = [(1, 3), (0, 0), (1, 1)]
+    whole = trace_step_scores(tiny_qwen2, items, heads=heads)
+    rows = [answer_attention(tiny_qwen2, it, heads) for it in items]
+    a1 = max(it.answer[1] for it in items)
+    assert any(it.answer[1] - it.answer[0] > 3 for it in items)
+    monkeypatch.setattr(native, "CHUNK_ELEMENTS", 3 * 2 * a1)  # at most 3 rows for a run of 2 heads
+    for w, c in zip(whole, trace_step_scores(tiny_qwen2, items, heads=heads)):
+        torch.testing.assert_close(c, w, atol=1e-6, rtol=0)
+    for it, r in zip(items, rows):
+        torch.testing.assert_close(answer_attention(tiny_qwen2, it, heads), r, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- batching and progress
+
+def test_token_batches_bound_items_and_padded_tokens():
+    lengths = [5000, 100, 3000, 120, 4000, 110, 9000]
+    batches = token_batches(lengths, batch_size=2, batch_tokens=8192)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [[lengths[i] for i in b] for b in batches] == [[100, 110], [120, 3000], [4000], [5000], [9000]]
+    assert token_batches(lengths, batch_size=8, batch_tokens=8192)[0] == [1, 5, 3]  # short ones share a batch
+
+
+def test_progress_counts_traces_tokens_per_second_and_cache_hits(tiny_qwen2, tmp_path, capsys):
+    items = items_for(tiny_qwen2)
+    cache = ScoreCache(tmp_path)
+    trace_step_scores(tiny_qwen2, items[:2], cache=cache, progress=True)
+    err = capsys.readouterr().err
+    assert f"{2}/{2} traces" in err and "tok/s" in err and "reused" not in err
+    trace_step_scores(tiny_qwen2, items, cache=cache, progress=True)
+    err = capsys.readouterr().err
+    assert f"tracing: 2 of {len(items)} traces reused from the cache" in err
+    assert f"tracing {len(items) - 2} traces" in err and f"{len(items) - 2}/{len(items) - 2} traces" in err

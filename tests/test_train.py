@@ -21,15 +21,17 @@ from workbench.config import LoggingConfig, load_config
 from workbench.generation import Samples
 from workbench.organism import CHECKPOINT_DIR
 from workbench.tracing import TraceItem, trace_step_scores
-from workbench.training.batch import pack, response_logprobs
-from workbench.training.data import JsonlPrompts, OrganismPrompts
+from workbench.organism import get_organism
+from workbench.tasks import OrganismTask
+from workbench.tasks.jsonl import JsonlTask
+from workbench.training.batch import pack
+from workbench.training.logprobs import response_logprobs
 from workbench.training.loop import build, train
 from workbench.training.metrics import MetricsLog
 from workbench.training.policy import kl_k3, ppo_token_loss
 from workbench.training.rollout import Rollout, assemble_rollout, reference_rollout
 from workbench.training.scoring import old_logprobs
 from workbench.training.state import list_checkpoints, truncate_metrics
-from workbench.verifiers import grade_organism
 
 ROOT = Path(__file__).resolve().parents[1]
 ORGANISM_CFG = ROOT / "configs" / "organism"
@@ -40,13 +42,14 @@ def organism_rollout(tok, n_prompts: int, group: int, seed: int = 0, wrong: tupl
     """The organism's reference traces as a rollout (all correct, known step labels); responses
     listed in ``wrong`` get a wrong boxed digit."""
     rng = random.Random(seed)
-    ro = reference_rollout(tok, OrganismPrompts().draw(rng, n_prompts), group, grade_organism, "organism", rng)
+    task = OrganismTask(get_organism("organism"), tok)
+    ro = reference_rollout(tok, task, task.draw(rng, n_prompts), group, "organism", rng)
     digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
     ids = [list(r) for r in ro.response_ids]
     for i in wrong:
         ids[i][-3] = digits[(digits.index(ids[i][-3]) + 1) % 10]  # "\boxed{ d }" <eos>
     samples = Samples(ro.prompt_ids, ids, tok.batch_decode(ids, skip_special_tokens=True), ro.truncated)
-    ro = assemble_rollout(tok, ro.prompts, samples, n_prompts, group, grade_organism, "organism")
+    ro = assemble_rollout(tok, task, ro.prompts, samples, n_prompts, group, "organism")
     assert ro.correct.view(-1).tolist() == [i not in wrong for i in range(n_prompts * group)]
     return ro
 
@@ -168,11 +171,11 @@ def test_jsonl_prompts_errors_name_file_and_line(tmp_path, tiny_qwen2):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "1 + 1?", "answer": "2"}\n{"prompt": 3}\n')
     with pytest.raises(ValueError, match=r"p\.jsonl:2: expected an object"):
-        JsonlPrompts(tiny_qwen2.tokenizer, bad, None, chat_template=False)
+        JsonlTask(tiny_qwen2.tokenizer, bad, None, chat_template=False)
     bad.write_text('{"prompt": "1 + 1?", "answer": "2"}\n')
     with pytest.raises(ValueError, match="no chat template"):
-        JsonlPrompts(tiny_qwen2.tokenizer, bad, None, chat_template=True)
-    src = JsonlPrompts(tiny_qwen2.tokenizer, bad, None, chat_template=False, instruction="Box it.", suffix="<think>")
+        JsonlTask(tiny_qwen2.tokenizer, bad, None, chat_template=True)
+    src = JsonlTask(tiny_qwen2.tokenizer, bad, None, chat_template=False, instruction="Box it.", suffix="<think>")
     assert src.train[0].text == "1 + 1? Box it.<think>" and src.train[0].answer == "2"
     assert len(src.draw(random.Random(0), 3)) == 3
 
@@ -226,7 +229,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not (killed / "checkpoints" / "step_3").exists()
 
     subprocess.run(_cli(killed, "--resume"), check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
@@ -279,3 +282,83 @@ def test_smollm2_end_to_end(smollm2, tmp_path):
     assert "attenuation_precision" not in rows[0]  # ground truth exists on the organism only
     assert json.loads((out / "eval_final.json").read_text())["n"] == 1
     assert (out / "checkpoints" / "step_2" / "model.safetensors").is_file()
+
+
+# --- sampling temperature, weights, reference model ------------------------------------------------
+
+
+def test_the_trainer_scores_at_the_sampling_temperature(tiny_qwen2, monkeypatch):
+    import copy
+
+    from workbench.training import policy, scoring
+
+    seen = []
+
+    def spy(real):
+        def call(model, batch, temperature=1.0, *args, **kwargs):
+            seen.append(temperature)
+            return real(model, batch, temperature, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(scoring, "response_logprobs", spy(scoring.response_logprobs))
+    monkeypatch.setattr(policy, "response_logprobs", spy(policy.response_logprobs))
+    loaded = copy.copy(tiny_qwen2)
+    loaded.model = copy.deepcopy(tiny_qwen2.model)
+    ref = copy.deepcopy(tiny_qwen2.model).requires_grad_(False)
+    trainer = build(tiny_config("rollout.temperature=0.6", "train.kl_coef=0.1"), loaded, HEADS, ref)
+    trainer.learn(organism_rollout(loaded.tokenizer, 2, 3), step=1)
+    assert len(seen) >= 3 and set(seen) == {0.6}  # old, reference and new log-probs alike
+
+
+def test_reference_is_a_frozen_copy_only_when_the_kl_term_is_on(tmp_path, tiny_qwen2):
+    from workbench.training.loop import frozen_copy, load_models, reference_dtype
+
+    assert reference_dtype(torch.device("cuda")) == torch.bfloat16 and reference_dtype(torch.device("cpu")) == torch.float32
+    dtype = tiny_qwen2.model.config.dtype
+    ref = frozen_copy(tiny_qwen2.model, torch.bfloat16)
+    assert tiny_qwen2.model.config.dtype == dtype  # the policy's config (saved with its checkpoints) untouched
+    for (name, p), q in zip(tiny_qwen2.model.named_parameters(), ref.parameters()):
+        assert q.dtype == torch.bfloat16 and not q.requires_grad and q.data_ptr() != p.data_ptr(), name
+        assert torch.equal(q, p.detach().to(torch.bfloat16)), name
+    assert not ref.training
+    model_dir = tmp_path / "tiny"
+    tiny_qwen2.model.save_pretrained(model_dir)
+    tiny_qwen2.tokenizer.save_pretrained(model_dir)
+    cpu = torch.device("cpu")
+    policy, _, none = load_models(tiny_config(f"model.name={model_dir}", "method.name=tlmre", "kfh.heads=null"), cpu,
+                                  None)
+    assert none is None and all(p.requires_grad for p in policy.model.parameters())
+    policy, _, ref = load_models(tiny_config(f"model.name={model_dir}", "method.name=tlmre", "kfh.heads=null",
+                                             "train.kl_coef=0.05"), cpu, None)
+    for p, q in zip(policy.model.parameters(), ref.parameters()):
+        assert p.requires_grad and not q.requires_grad and q.dtype == torch.float32 and torch.equal(p, q)
+        assert p.data_ptr() != q.data_ptr()
+
+
+# --- supervised fine-tuning lives in the library -----------------------------------------------------
+
+
+def test_supervised_finetune_trains_a_copy_and_restores_the_model(tmp_path, tiny_qwen2):
+    import copy
+
+    from workbench.traces import reference_organism
+    from workbench.training.sft import supervised_finetune
+
+    loaded = copy.copy(tiny_qwen2)
+    loaded.model = copy.deepcopy(tiny_qwen2.model)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    out = supervised_finetune(loaded, reference_organism(loaded.tokenizer, 3, seed=0), 2, 1e-2, tmp_path / "sft")
+    tuned = load_file(out / "model.safetensors")
+    assert any(not torch.equal(tuned[k], before[k]) for k in tuned)
+    assert all(torch.equal(v, before[k]) for k, v in loaded.model.state_dict().items())
+    assert not loaded.model.training
+
+
+def test_the_app_imports_no_script():
+    import ast
+
+    for page in [ROOT / "app.py", *sorted((ROOT / "app_pages").glob("*.py"))]:
+        for node in ast.walk(ast.parse(page.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "experiments" for n in names), f"{page.name} imports {names}"

@@ -1,19 +1,16 @@
-"""Advantage maths of AttnPO and its baselines: pure functions over tensors (attnpo-method.md §6-7).
-
-The pipeline a trainer runs, each stage a function here:
+"""Building blocks of the advantage maths of AttnPO and its baselines: pure functions over tensors
+(attnpo-method.md §6-7).  The registered methods of ``workbench.methods`` assemble them:
 
 1. ``rloo_advantage(rewards)``: leave-one-out baseline per prompt group, no std normalisation.
 2. ``step_baseline``: the difficulty-aware baseline ``S_base = p^beta * |F| / (|q| + |o|)``, the
    score a step would get under uniform attention, scaled down on hard prompts.
-3. A registered *method* turns per-step scores into per-step factors gamma:
+3. ``step_gammas`` turns per-step scores into per-step factors gamma:
    Pos-Adv attenuation (A > 0, S < S_base, after the delay ``T * (1 - p) < t``):
    ``gamma = (1 - delta) * [p^lam * S / S_base + 1 - p^lam] + delta``;
    Neg-Adv attenuation (A < 0, S > S_base): ``gamma = 0``; otherwise ``gamma = 1``.
 4. ``token_advantages``: step k's tokens get ``gamma_k * A``; ``</think>``, F and every response
    that was not rescaled keep ``A``.
 
-Methods are looked up by name in ``METHODS`` (filled by the ``@register_method`` decorator, as
-verl's ``core_algos`` registers estimators), so each baseline of the paper is one config value.
 Code reading over paper where they differ (attnpo-method.md §10): the gamma formula, the delay
 condition and the ``|q| + |o|`` denominator all follow the official code.
 """
@@ -21,16 +18,14 @@ condition and the ``|q| + |o|`` denominator all follow the official code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable
-
 import torch
 
 
 @dataclass(frozen=True)
-class AttnPOParams:
-    """Hyper-parameters of the rescaling (paper names; code names in brackets)."""
+class MethodParams:
+    """Hyper-parameters of the reward and the rescaling (paper names; code names in brackets)."""
 
+    alpha: float = 0.2  # length-penalty coefficient [traineff_coff]; methods without the penalty ignore it
     beta: float = 2.0  # baseline exponent [length_penalty.alpha]
     lam: float = 2.0  # gamma exponent [length_penalty.beta]
     delta: float = 0.0  # gamma floor [boardline]
@@ -80,7 +75,7 @@ def step_baseline(pass_rate: torch.Tensor, answer_len: torch.Tensor, total_len: 
     return pass_rate.double() ** beta * answer_len.double() / total_len.double()
 
 
-def step_gammas(batch: StepBatch, params: AttnPOParams, pos: bool = True, neg: bool = True) -> StepGammas:
+def step_gammas(batch: StepBatch, params: MethodParams, pos: bool = True, neg: bool = True) -> StepGammas:
     """Per-step factors gamma from the Pos-Adv and/or Neg-Adv rules (code semantics, §7)."""
     p = batch.pass_rate.double()[:, None]
     adv = batch.advantages.double()[:, None]
@@ -129,52 +124,3 @@ def token_advantages(advantages: torch.Tensor, gammas: torch.Tensor, index: torc
     g = gammas.gather(1, index.clamp(min=0))
     g = torch.where(index >= 0, g, torch.ones_like(g))
     return advantages[:, None].float() * g
-
-
-# --- the method registry -------------------------------------------------------------------------
-
-RescaleFn = Callable[[StepBatch, AttnPOParams], StepGammas]
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    length_penalty: bool  # reward uses alpha (else the plain 0/1 reward)
-    scores: str | None  # None: no step scores; "kfh": KFH attention scores; "oracle": true step labels
-    rescale: RescaleFn
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register_method(name: str, *, length_penalty: bool, scores: str | None) -> Callable[[RescaleFn], RescaleFn]:
-    """Register a rescaling rule under ``name`` (the value of ``method.name`` in a config)."""
-    if scores not in (None, "kfh", "oracle"):
-        raise ValueError(f"method {name!r}: scores must be None, 'kfh' or 'oracle', not {scores!r}")
-
-    def decorate(fn: RescaleFn) -> RescaleFn:
-        if name in METHODS:
-            raise ValueError(f"advantage method {name!r} is registered twice")
-        METHODS[name] = Method(name, length_penalty, scores, fn)
-        return fn
-
-    return decorate
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise KeyError(f"unknown advantage method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-def _uniform(batch: StepBatch, params: AttnPOParams) -> StepGammas:
-    none = torch.zeros_like(batch.step_mask, dtype=torch.bool)
-    return StepGammas(torch.ones(batch.step_mask.shape), none, none.clone())
-
-
-register_method("rloo", length_penalty=False, scores=None)(_uniform)
-register_method("tlmre", length_penalty=True, scores=None)(_uniform)
-register_method("attnpo", length_penalty=True, scores="kfh")(step_gammas)
-register_method("attnpo_pos", length_penalty=True, scores="kfh")(partial(step_gammas, neg=False))
-register_method("attnpo_neg", length_penalty=True, scores="kfh")(partial(step_gammas, pos=False))
-register_method("oracle", length_penalty=True, scores="oracle")(step_gammas)  # true labels in place of KFH scores

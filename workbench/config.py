@@ -3,8 +3,10 @@
     python -m workbench.train --config configs/organism/attnpo.yaml train.lr=1e-4 method.name=tlmre
 
 Every key is type-checked against its dataclass field; an unknown key or a bad value raises
-``ConfigError`` naming the dotted key.  The resolved config is written into the run directory
-(``config.yaml``), which is also what ``--resume`` reads back.  ``load_dataclass`` is the same
+``ConfigError`` naming the dotted key.  Relative file paths (``PATH_KEYS``) written in a config file
+are relative to that file; on the command line, to the working directory; both are stored absolute.
+The resolved config is written into the run directory (``config.yaml``), which is also what
+``--resume`` reads back.  ``load_dataclass`` is the same
 mechanism for any dataclass: the organism trainer's ``key=value`` arguments use it too.
 """
 
@@ -38,21 +40,22 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "organism"  # organism (fresh problems) | jsonl ({prompt, answer} per line)
-    verifier: str = "organism"  # organism | math
-    train_file: str | None = None  # jsonl source: training prompts
-    eval_file: str | None = None  # jsonl source: held-out prompts
-    chat_template: bool = True  # jsonl source: wrap each prompt in the tokenizer's chat template
-    instruction: str = ""  # jsonl source: appended to each prompt inside the user message
-    prompt_suffix: str = ""  # appended after the (templated) prompt, e.g. "<think>\n"
-    segmenter: str = "organism"  # steps preset: organism | r1
+    task: str = "organism"  # a registered task: an organism's name (fresh problems) | jsonl (prompt files)
+    verifier: str | None = None  # jsonl: answer checker (default math); organism tasks use their own
+    train_file: str | None = None  # jsonl: training prompts ({prompt, answer} per line)
+    eval_file: str | None = None  # jsonl: held-out prompts
+    eval_split: float = 0.1  # jsonl without eval_file: share of train_file's prompts held out (seed: eval.seed)
+    chat_template: bool = True  # jsonl: wrap each prompt in the tokenizer's chat template
+    instruction: str = ""  # jsonl: appended to each prompt inside the user message
+    prompt_suffix: str = ""  # jsonl: appended after the (templated) prompt, e.g. "<think>\n"
+    segmenter: str | None = None  # steps preset: organism | r1 (default: the task's)
 
 
 @dataclass
 class RolloutConfig:
     group_size: int = 8  # G responses per prompt
     prompts_per_step: int = 8
-    temperature: float = 1.0
+    temperature: float = 1.0  # > 0; the log-probs of the PPO ratio are taken at this temperature too
     top_p: float = 1.0
     max_new_tokens: int = 320
     batch_size: int = 64  # sampling batch
@@ -60,7 +63,7 @@ class RolloutConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "attnpo"  # rloo | tlmre | attnpo | attnpo_pos | attnpo_neg | oracle
+    name: str = "attnpo"  # a registered method: rloo | tlmre | grpo | attnpo | attnpo_pos | attnpo_neg | oracle
     alpha: float = 0.2  # length-penalty coefficient
     beta: float = 2.0  # baseline exponent
     lam: float = 2.0  # gamma exponent
@@ -100,7 +103,7 @@ class EvalConfig:
     temperature: float = 0.6
     top_p: float = 0.95
     max_new_tokens: int = 320
-    seed: int = 12345  # held-out organism problems and the sampling seed (same at start and end)
+    seed: int = 12345  # held-out prompts (organism problems; jsonl split and choice) and the sampling seed
 
 
 @dataclass
@@ -211,24 +214,45 @@ def merge_override(data: dict, parts: list[str], value) -> None:
     node[parts[-1]] = value
 
 
-def load_dataclass(cls: type[T], path: str | Path | None = None, overrides: list[str] = (),
-                   check: Callable[[T], None] | None = None) -> T:
-    """Defaults of the dataclass ``cls`` <- YAML file (if any) <- dotted overrides, type-checked,
-    then ``check``-ed; every error is a ConfigError naming the key (and the file)."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-    for text in overrides:
-        merge_override(data, *parse_override(text))
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML config file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
     try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def load_dataclass(cls: type[T], path: str | Path | None = None, overrides: list[str] = (),
+                   check: Callable[[T], None] | None = None, paths: tuple[str, ...] = (),
+                   renamed: dict[str, str] | None = None, base: Path | None = None) -> T:
+    """Defaults of the dataclass ``cls`` <- YAML file (if any) <- dotted overrides, type-checked,
+    then ``check``-ed; every error is a ConfigError naming the key (and the file).
+
+    ``paths``: dotted keys holding file paths; a relative one is made absolute against the config
+    file's folder (or ``base``) when the file gives it, against the working directory when an
+    override does.
+    ``renamed``: old dotted key -> new one, so files written before a rename still load.
+    """
+    data: dict = read_yaml(path) if path is not None else {}
+    renamed = renamed or {}
+    try:
+        for old, new in renamed.items():
+            _move_key(data, old.split("."), new.split("."))
+        if path is not None:
+            for key in paths:
+                _absolute(data, key.split("."), base or Path(path).resolve().parent)
+        for text in overrides:
+            parts, value = parse_override(text)
+            parts = renamed.get(".".join(parts), ".".join(parts)).split(".")
+            merge_override(data, parts, value)
+            if ".".join(parts) in paths:
+                _absolute(data, parts, Path.cwd())
         cfg = _build(cls, data)
         if check is not None:
             check(cfg)
@@ -237,16 +261,46 @@ def load_dataclass(cls: type[T], path: str | Path | None = None, overrides: list
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """The trainer config: ``load_dataclass`` on ``Config``, checked across fields by ``validate``."""
-    return load_dataclass(Config, path, overrides, check=validate)
+def _parent(data: dict, parts: list[str]) -> dict | None:
+    node = data
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _absolute(data: dict, parts: list[str], base: Path) -> None:
+    """Make the relative path at ``parts`` absolute against ``base`` (anything else is left to the type checks)."""
+    node = _parent(data, parts)
+    if node is not None and isinstance(node.get(parts[-1]), str) and node[parts[-1]]:
+        node[parts[-1]] = str((base / Path(node[parts[-1]]).expanduser()).resolve())
+
+
+def _move_key(data: dict, old: list[str], new: list[str]) -> None:
+    node = _parent(data, old)
+    if node is not None and old[-1] in node:
+        if new[-1] in node:
+            raise ConfigError(f"{'.'.join(old)} is the old name of {'.'.join(new)}; give only {'.'.join(new)}")
+        node[new[-1]] = node.pop(old[-1])
+
+
+PATH_KEYS = ("kfh.path", "data.train_file", "data.eval_file")
+RENAMED_KEYS = {"data.source": "data.task"}  # run directories written before the rename still resume
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: Path | None = None) -> Config:
+    """The trainer config: ``load_dataclass`` on ``Config``, checked across fields by ``validate``.
+
+    Relative paths in the file resolve against its folder, or ``base`` (``--resume`` reads a run's
+    config.yaml against the working directory: runs written before paths were stored absolute).
+    """
+    return load_dataclass(Config, path, overrides, check=validate, paths=PATH_KEYS, renamed=RENAMED_KEYS, base=base)
 
 
 AT_LEAST_ONE = ("rollout.group_size", "rollout.prompts_per_step", "rollout.max_new_tokens", "rollout.batch_size",
                 "train.steps", "train.ppo_epochs", "train.mini_batches", "train.micro_batch_size",
                 "eval.n_prompts", "eval.max_new_tokens")
 NOT_NEGATIVE = ("train.save_every", "train.keep_checkpoints", "train.warmup_steps", "train.kl_coef", "train.lr",
-                "rollout.temperature", "eval.temperature", "method.alpha", "method.delay_horizon")
+                "eval.temperature", "method.alpha", "method.delay_horizon")
 
 
 def _get(cfg: Config, key: str):
@@ -255,9 +309,10 @@ def _get(cfg: Config, key: str):
 
 
 def validate(cfg: Config) -> None:
-    """Checks across fields that types alone cannot express."""
-    from workbench.advantages import METHODS
-    from workbench.verifiers import VERIFIERS
+    """Checks across fields that types alone cannot express; the task checks the data keys it reads."""
+    from workbench.methods import METHODS
+    from workbench.steps import PRESETS
+    from workbench.tasks import get_task, task_names
 
     def need(ok: bool, key: str, message: str) -> None:
         if not ok:
@@ -265,17 +320,18 @@ def validate(cfg: Config) -> None:
 
     d = cfg.data
     need(cfg.method.name in METHODS, "method.name", f"unknown method {cfg.method.name!r}; known: {', '.join(METHODS)}")
-    need(d.source in ("organism", "jsonl"), "data.source", f"{d.source!r} is not organism or jsonl")
-    need(d.verifier in VERIFIERS, "data.verifier", f"unknown verifier {d.verifier!r}; known: {', '.join(VERIFIERS)}")
-    need(d.segmenter in ("organism", "r1"), "data.segmenter", f"{d.segmenter!r} is not organism or r1")
-    if d.source == "jsonl":
-        need(d.train_file is not None, "data.train_file", "the jsonl source needs a prompts file")
-        need(d.verifier != "organism", "data.verifier",
-             "the organism verifier reads organism prompts; use data.verifier=math with data.source=jsonl")
+    need(d.task in task_names(), "data.task", f"unknown task {d.task!r}; known: {', '.join(task_names())}")
+    need(d.segmenter is None or d.segmenter in PRESETS, "data.segmenter",
+         f"{d.segmenter!r} is not one of {', '.join(PRESETS)}")
+    task = get_task(d.task)
+    task.check(cfg)
     for key in AT_LEAST_ONE:
         need(_get(cfg, key) >= 1, key, f"must be at least 1, got {_get(cfg, key)}")
     for key in NOT_NEGATIVE:
         need(_get(cfg, key) >= 0, key, f"must not be negative, got {_get(cfg, key)}")
+    need(cfg.rollout.temperature > 0, "rollout.temperature",
+         f"must be above 0 (RL needs sampled responses; the log-probs are taken at this temperature), "
+         f"got {cfg.rollout.temperature}")
     for key in ("rollout.top_p", "eval.top_p"):
         need(0 < _get(cfg, key) <= 1, key, f"must be in (0, 1], got {_get(cfg, key)}")
     need(0 <= cfg.method.delta <= 1, "method.delta", f"must be in [0, 1], got {cfg.method.delta}")
@@ -292,8 +348,9 @@ def validate(cfg: Config) -> None:
         except ValueError as e:
             raise ConfigError(f"kfh.heads[{i}]: {e}") from None
     if scores == "oracle":
-        need(d.source == "organism", "method.name",
-             "the oracle uses the organism's true step labels; set data.source=organism")
+        labelled = [n for n in task_names() if get_task(n).has_step_labels]
+        need(task.has_step_labels, "method.name", f"the oracle uses the task's true step labels; task {d.task!r} "
+             f"has none (tasks with step labels: {', '.join(labelled)})")
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -92,5 +92,6 @@ def load_kfh(path: str | Path, loaded: LoadedModel | None = None, same_weights: 
                              f"heads, but {loaded.name!r} has {n_layers} x {n_heads}")
         if same_weights and sel.fingerprint != loaded.fingerprint:
             raise ValueError(f"{path} was made for model {sel.model!r} (fingerprint {sel.fingerprint}), not for "
-                             f"{loaded.name!r} (fingerprint {loaded.fingerprint}); re-run discovery on this model")
+                             f"{loaded.name!r} (fingerprint {loaded.fingerprint}); re-run discovery on this model "
+                             "(the same model loaded in another --dtype has other weights, so another fingerprint)")
     return sel

@@ -3,10 +3,12 @@
 ``load_model`` returns the model, its tokenizer, the device and dtype it chose (CUDA + bf16 when
 present, else CPU fp32) and a fingerprint: a content hash of the config and the weights that
 caches and ``kfh.json`` files key on, the same whichever path the weights came from.
+``add_model_arguments`` / ``model_from_args`` give every script the same ``--model --device --dtype``.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -19,6 +21,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from workbench.organism import ORGANISMS
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_HELP = ("weights' dtype: auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16. "
+              "On a CPU, bfloat16 halves the memory (an 8B model: ~16 GB instead of ~32 GB) and rounds the step "
+              "scores; it is faster on CPUs with bf16 instructions and can be slower on others (`python -m "
+              "workbench.bench dtype` measures both). A kfh.json is keyed on the weights, so use the same dtype "
+              "for discovery and the jobs that read it")
 
 
 @dataclass
@@ -105,7 +113,7 @@ def load_model(
     auto_device, auto_dtype = best_device()
     device = torch.device(device) if device is not None else auto_device
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        dtype = None if dtype == "auto" else parse_dtype(dtype)
     dtype = dtype or (auto_dtype if device.type == "cuda" else torch.float32)
     kwargs: dict = {"attn_implementation": attn_implementation, "dtype": dtype,
                     "trust_remote_code": trust_remote_code}
@@ -129,6 +137,28 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(device).eval()
     return LoadedModel(model, tokenizer, name, model_fingerprint(model))
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``float32`` | ``bfloat16`` | ``float16`` (also ``fp32``/``bf16``/``fp16``) as a torch dtype."""
+    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    """``--model`` (unless the script names its models otherwise), ``--device`` and ``--dtype``."""
+    if model:
+        parser.add_argument("--model", default="organism",
+                            help="organism | organism-hard | smollm2 | HF folder | .gguf file | hub id in your cache")
+    parser.add_argument("--device", default=None, help="cuda | cpu | cuda:1 ... (default: CUDA when present)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=DTYPE_HELP)
+
+
+def model_from_args(args: argparse.Namespace, spec: str | Path | None = None) -> LoadedModel:
+    """Load ``spec`` (default ``args.model``) on ``args.device`` in ``args.dtype``."""
+    return load_model(args.model if spec is None else spec, device=args.device, dtype=args.dtype)
 
 
 def _resolve(spec: str | Path) -> tuple[str, str | None, str]:

@@ -12,29 +12,39 @@ Three sources, one record type (`TraceRecord`):
   ``response``): responses are sampled by the model.
 
 Every record's steps come from ``workbench.steps.segment_ids`` on the response ids actually
-scored; traces that do not segment are dropped with a warning that counts the reasons.
+scored; traces that do not segment are dropped with a warning that counts the reasons, and traces
+longer than the model's context (or ``--max-tokens``) with a warning that names them.
+
+``--traces`` defaults to what works for the model: ``organism`` for an organism, else the bundled
+real R1 traces (`bundled_r1_traces`) when they are there, else a one-line error asking for a file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from workbench.generation import encode_prompts, sample
 from workbench.models import LoadedModel
-from workbench.organism import Organism, organism_of
+from workbench.organism import ORGANISMS, Organism, organism_of
 from workbench.steps import PRESETS, Segmentation, segment_ids
 from workbench.tracing import TraceItem
 from workbench.verifiers import Verifier, get_verifier, grade_math
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+R1_TRACES_ENV = "KFH_R1_TRACES"
+R1_TRACES_FILE = "deepseek-r1-distill-llama-8b.jsonl"
+ORGANISM_SOURCES = ("organism", "organism:reference")
 FILE_SUFFIXES = (".jsonl", ".parquet")
 WRITTEN_FIELDS = ("trace_id", "prompt", "response", "step_texts", "labels", "steps", "answer_span", "prompt_ids",
                   "response_ids", "answer", "correct")  # what `write_traces` writes
@@ -116,20 +126,31 @@ def _warn_dropped(source: str, reasons: Counter) -> None:
         warnings.warn(f"{source}: dropped {sum(reasons.values())} trace(s): {detail}", stacklevel=3)
 
 
+def _warn_long(source: str, too_long: list[tuple[str, int]], max_tokens: int) -> None:
+    """One warning naming the traces dropped for length, and the flag that sets the limit."""
+    if too_long:
+        names = ", ".join(f"{t!r} ({n})" for t, n in too_long[:5]) + (f" and {len(too_long) - 5} more"
+                                                                          if len(too_long) > 5 else "")
+        warnings.warn(f"{source}: dropped {len(too_long)} trace(s) longer than {max_tokens} tokens: {names}; "
+                      "--max-tokens N sets the limit (at most the model's context)", stacklevel=3)
+
+
 def _drop_long(records: list[TraceRecord], max_tokens: int | None) -> list[TraceRecord]:
     """Drop traces longer than ``max_tokens`` with a warning (tracing refuses any beyond the context)."""
     if max_tokens is None:
         return records
-    kept = [r for r in records if len(r.input_ids) <= max_tokens]
-    _warn_dropped("trace length", Counter({f"longer than {max_tokens} tokens": len(records) - len(kept)}))
-    return kept
+    _warn_long("trace length", [(r.trace_id, len(r.input_ids)) for r in records if len(r.input_ids) > max_tokens],
+               max_tokens)
+    return [r for r in records if len(r.input_ids) <= max_tokens]
 
 
 def sample_organism(loaded: LoadedModel, n: int, seed: int = 0, temperature: float = 1.0,
                     max_new_tokens: int = 320, batch_size: int = 64, correct_only: bool = False,
-                    progress: bool = True) -> list[TraceRecord]:
+                    progress: bool = True, on_progress: Callable[[int, int], None] | None = None
+                    ) -> list[TraceRecord]:
     """``n`` organism traces sampled by the model on fresh problems, kept when they segment.
 
+    ``on_progress(kept, n)`` is called after each sampled batch (it may raise to stop early).
     Gives up (RuntimeError with the reasons) after 20 n + 100 samples.
     """
     org = require_organism(loaded.tokenizer, "sampling organism traces")
@@ -156,6 +177,8 @@ def sample_organism(loaded: LoadedModel, n: int, seed: int = 0, temperature: flo
                 records.append(TraceRecord(f"{org.name}-{seed}-{len(records)}", prompt, text, pids, rids, seg,
                                            str(p.answer), correct))
                 bar.update(1)
+        if on_progress is not None:
+            on_progress(len(records), n)
     bar.close()
     _warn_dropped("organism sampler", reasons)
     if len(records) < n:
@@ -245,7 +268,7 @@ def read_traces(path: str | Path, loaded: LoadedModel, preset: str | None = None
         raise FileNotFoundError(f"trace file {path} does not exist")
     preset = preset or default_preset(loaded)
     tok, organism = loaded.tokenizer, organism_of(loaded.tokenizer)
-    records, reasons, seen = [], Counter(), set()
+    records, reasons, seen, too_long = [], Counter(), set(), []
     for i, row in enumerate(_read_rows(path)):
         if n is not None and len(records) >= n:
             break
@@ -263,7 +286,7 @@ def read_traces(path: str | Path, loaded: LoadedModel, preset: str | None = None
             if tok.eos_token_id is not None and response_ids[-1:] != [tok.eos_token_id]:
                 response_ids.append(tok.eos_token_id)  # F ends with EOS, as in a sampled response
         if max_tokens is not None and len(prompt_ids) + len(response_ids) > max_tokens:
-            reasons[f"longer than {max_tokens} tokens"] += 1
+            too_long.append((trace_id, len(prompt_ids) + len(response_ids)))
             continue
         seg = _segment(tok, response_ids, preset)
         if not seg.ok:
@@ -278,6 +301,7 @@ def read_traces(path: str | Path, loaded: LoadedModel, preset: str | None = None
         meta = {k: v for k, v in row.items() if k not in WRITTEN_FIELDS}
         records.append(TraceRecord(trace_id, prompt, text, prompt_ids, response_ids, seg, answer, correct, meta))
     _warn_dropped(str(path), reasons)
+    _warn_long(str(path), too_long, max_tokens)
     return records
 
 
@@ -377,21 +401,81 @@ def write_traces(path: str | Path, records: list[TraceRecord], labels: list[list
 def add_trace_arguments(parser: argparse.ArgumentParser, n_traces: int = 200) -> None:
     """The trace-set options every experiment shares."""
     g = parser.add_argument_group("traces")
-    g.add_argument("--traces", default="organism",
+    g.add_argument("--traces", default=None,
                    help="organism (sampled by the model on fresh problems) | organism:reference (the task's "
                         "reference traces, teacher-forced) | JSONL/parquet of prompt+response "
-                        "(teacher-forced) | prompt file: .txt, or JSONL/parquet without 'response' (sampled)")
+                        "(teacher-forced) | prompt file: .txt, or JSONL/parquet without 'response' (sampled). "
+                        f"Default: organism for an organism model, else the bundled R1 traces ({R1_TRACES_ENV} "
+                        "or ../shared/data/r1-traces/ beside the repository)")
     g.add_argument("--n-traces", type=int, default=n_traces)
     g.add_argument("--preset", choices=PRESETS, default=None,
                    help="segmentation preset (default: organism for organism-vocabulary models, r1 otherwise)")
     g.add_argument("--temperature", type=float, default=1.0, help="temperature of sampled traces")
     g.add_argument("--max-new-tokens", type=int, default=None, help="length limit of sampled traces")
-    g.add_argument("--max-tokens", type=int, default=None, help="drop traces longer than this (prompt + response)")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="drop traces longer than this (prompt + response), naming them in a warning "
+                        "(default: the model's context length)")
     g.add_argument("--sample-batch-size", type=int, default=64)
+
+
+def bundled_r1_traces() -> Path:
+    """Where the real R1 traces are read from: ``$KFH_R1_TRACES``, else
+    ``../shared/data/r1-traces/deepseek-r1-distill-llama-8b.jsonl`` beside the repository (it may not exist)."""
+    env = os.environ.get(R1_TRACES_ENV)
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "r1-traces" / R1_TRACES_FILE
+
+
+def _needs_traces(model: str) -> ValueError:
+    return ValueError(f"model {model!r} is not an organism, so it needs traces: give --traces FILE (a JSONL of "
+                      f"prompt + response, or a prompt file to sample from); the bundled R1 traces are not at "
+                      f"{bundled_r1_traces()} (set {R1_TRACES_ENV}=FILE to point at them)")
+
+
+def default_trace_source(loaded: LoadedModel) -> str:
+    """``organism`` for an organism model, else the bundled R1 traces; a ValueError naming
+    ``--traces`` when there are none."""
+    if is_organism(loaded):
+        return "organism"
+    if bundled_r1_traces().is_file():
+        return str(bundled_r1_traces())
+    raise _needs_traces(loaded.name)
+
+
+def check_trace_arguments(args: argparse.Namespace, model: str | Path) -> None:
+    """The trace-option mistakes that show before ``model`` (a spec) is loaded, which can take minutes.
+
+    Only a registered organism or a local folder (maybe a checkpoint trained from one) can be an
+    organism model; anything else needs a trace file, the bundled R1 traces by default.
+    """
+    if args.n_traces < 1:
+        raise ValueError(f"--n-traces must be at least 1, got {args.n_traces}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
+    maybe_organism = str(model) in ORGANISMS or Path(model).expanduser().is_dir()
+    if args.traces is None:
+        if not maybe_organism and not bundled_r1_traces().is_file():
+            raise _needs_traces(str(model))
+    elif args.traces in ORGANISM_SOURCES and not maybe_organism:
+        hint = " (or leave --traces out: the bundled R1 traces)" if bundled_r1_traces().is_file() else ""
+        raise ValueError(f"--traces {args.traces} needs an organism model, not {str(model)!r}; give a trace or "
+                         f"prompt file with --traces FILE{hint}")
+    elif args.traces not in ORGANISM_SOURCES and not Path(args.traces).is_file():
+        raise FileNotFoundError(f"trace source {args.traces!r} is neither 'organism' nor an existing file")
+
+
+def model_context(loaded: LoadedModel) -> int | None:
+    return getattr(loaded.model.config, "max_position_embeddings", None)
 
 
 def traces_from_args(args: argparse.Namespace, loaded: LoadedModel, correct_only: bool = False,
                      seed: int | None = None) -> list[TraceRecord]:
+    """The trace set the parsed ``add_trace_arguments`` options name.  Fills in ``args.traces`` and
+    ``args.max_tokens`` with the values used (the defaults resolved), so a run's settings record them."""
+    context = model_context(loaded)
+    if args.max_tokens is not None and context is not None and args.max_tokens > context:
+        raise ValueError(f"--max-tokens {args.max_tokens} exceeds the context of model {loaded.name!r} ({context})")
+    args.traces = args.traces or default_trace_source(loaded)
+    args.max_tokens = args.max_tokens or context
     kw = {"temperature": args.temperature, "batch_size": args.sample_batch_size}
     if args.max_new_tokens is not None:
         kw["max_new_tokens"] = args.max_new_tokens

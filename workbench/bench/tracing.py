@@ -114,24 +114,24 @@ def prepare(name: str) -> None:
 
 # ---------------------------------------------------------------- worker (one model, one method)
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
 
 
-def _settle() -> int:
+def settle() -> int:
     """Give freed memory back to the OS, reset the peak, and return the RSS in bytes."""
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
-    return _status_kb("VmRSS") << 10
+    return status_kb("VmRSS") << 10
 
 
-def _limit_memory() -> None:
+def limit_memory() -> None:
     available = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
                          if l.startswith("MemAvailable")).split()[1]) << 10
-    limit = (_status_kb("VmSize") << 10) + max(available - MARGIN_BYTES, 0)
+    limit = (status_kb("VmSize") << 10) + max(available - MARGIN_BYTES, 0)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
@@ -159,11 +159,11 @@ def repeats_s(run_s: float) -> float:
 
 def worker(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
-    _limit_memory()
+    limit_memory()
     emit = lambda row: print(MARK + json.dumps({"model": spec["model"], "method": spec["method"], **row}), flush=True)
     lengths = spec["lengths"]
     loaded = build_model(spec["model"], max(lengths))
-    base = _settle()
+    base = settle()
     run = _runner(loaded, spec["method"])
     run(synthetic_item(loaded.model.config.vocab_size, 128))
     last, skip = 0.0, None
@@ -177,11 +177,11 @@ def worker(spec: dict) -> None:
         times, peak = [], 0
         try:
             while len(times) < REPEATS and sum(times) < REPEAT_S:
-                _settle()
+                settle()
                 t0 = time.perf_counter()
                 run(item)
                 times.append(time.perf_counter() - t0)
-                peak = max(peak, (_status_kb("VmHWM") << 10) - base)
+                peak = max(peak, (status_kb("VmHWM") << 10) - base)
         except (RuntimeError, MemoryError) as e:  # allocation failures under the address-space limit
             emit({"seq_len": length, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
             skip = f"failed at {length}"
@@ -209,7 +209,7 @@ def run_worker(spec: dict, timeout: float) -> list[dict]:
         problem = None if proc.returncode == 0 else f"worker exited with code {proc.returncode}"
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        out, err = proc.communicate(timeout=60)  # a killed worker's pipes close at once
         problem = f"timed out after {timeout:.0f} s"
     rows = [json.loads(line[len(MARK):]) for line in out.splitlines() if line.startswith(MARK)]
     done = {r["seq_len"] for r in rows}

@@ -27,7 +27,7 @@ from workbench.config import load_config
 from workbench.heads import head_name, model_shape, parse_head
 from workbench.models import best_device, load_model
 from workbench.training.batch import pack
-from workbench.training.loop import build, prompt_source
+from workbench.training.loop import build
 from workbench.training.rollout import reference_rollout
 from workbench.training.scoring import old_logprobs
 
@@ -56,20 +56,19 @@ def run(args: argparse.Namespace) -> dict:
     device = best_device()[0]
     loaded = load_model(cfg.model.name, device=device, dtype=torch.float32)
     heads = [parse_head(h) for h in args.heads.split(",")] if args.heads else default_heads(loaded.model.config)
-    source = prompt_source(cfg, loaded.tokenizer)
     trainers = {name: build(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name=name)), loaded,
                             heads, None)
                 for name in ("tlmre", "attnpo")}
     plain, kfh = trainers["tlmre"], trainers["attnpo"]
 
     rng = random.Random(args.seed)
-    prompts = source.draw(rng, cfg.rollout.prompts_per_step)
+    prompts = plain.task.draw(rng, cfg.rollout.prompts_per_step)
     t = time.perf_counter()
     rollout = plain.rollout(prompts)  # timed even when the reference traces replace it below
     seconds_rollout = time.perf_counter() - t
     if args.rollout == "reference":
-        rollout = reference_rollout(loaded.tokenizer, prompts, cfg.rollout.group_size, plain.verifier,
-                                    cfg.data.segmenter, rng)
+        rollout = reference_rollout(loaded.tokenizer, plain.task, prompts, cfg.rollout.group_size, plain.segmenter,
+                                    rng)
     weights = copy.deepcopy(loaded.model.state_dict())
     optim = {name: copy.deepcopy(tr.optimizer.state_dict()) for name, tr in trainers.items()}
 
@@ -91,8 +90,11 @@ def run(args: argparse.Namespace) -> dict:
     packed = pack(rollout.prompt_ids, rollout.response_ids, loaded.tokenizer.pad_token_id)
     spans = rollout.spans()
     micro = cfg.train.micro_batch_size
-    pass_plain = _median_seconds(lambda: old_logprobs(loaded.model, packed, micro), args.repeats)
-    pass_kfh = _median_seconds(lambda: old_logprobs(loaded.model, packed, micro, heads, spans), args.repeats)
+    temperature = cfg.rollout.temperature
+    pass_plain = _median_seconds(lambda: old_logprobs(loaded.model, packed, micro, temperature=temperature),
+                                 args.repeats)
+    pass_kfh = _median_seconds(lambda: old_logprobs(loaded.model, packed, micro, heads, spans, temperature),
+                               args.repeats)
     return {
         "model": cfg.model.name,
         "rollout": args.rollout,

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from workbench.organism import task
+from workbench.organism import hard_task, task
 
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"  # the first organism's
+HERE = Path(__file__).parent
+CHECKPOINT_DIR = HERE / "checkpoint"  # the first organism's
+RECIPES = HERE.parent.parent / "configs"  # training recipes: configs/<organism>/organism_train.yaml
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Organism:
     name: str  # what --model and load_model take
     task: ModuleType  # sample_problem, sample_trace, verify, parse_prompt, label_response, EXTRA_WORDS
     checkpoint: Path
+    recipe: Path | None = None  # the training recipe that built the checkpoint (None: the trainer's defaults)
 
     def vocabulary(self) -> list[str]:
         from workbench.organism.tokenizer import vocabulary
@@ -62,3 +65,5 @@ def organism_of(tokenizer) -> Organism | None:
 
 
 register_organism(Organism("organism", task, CHECKPOINT_DIR))
+register_organism(Organism("organism-hard", hard_task, HERE / "checkpoint-hard",
+                           RECIPES / "organism-hard" / "organism_train.yaml"))

@@ -7,20 +7,23 @@ import json
 import time
 from pathlib import Path
 
-from workbench.organism import CHECKPOINT_DIR
+from workbench.organism import ORGANISMS, get_organism
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workbench.organism", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train the organism from scratch (about 70 minutes on 2 CPU cores)",
+    tr = sub.add_parser("train", help="train an organism by its recipe (the first: about 70 minutes on 2 CPU cores)",
                         epilog="Overrides of OrganismTrainConfig (workbench/organism/train.py), key=value, e.g. "
                                "steps=2000 lr=1e-3, or init_from=workbench/organism/checkpoint to continue "
                                "training the shipped checkpoint instead of starting from random weights.")
-    tr.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="checkpoint folder (default: the shipped one)")
+    tr.add_argument("--organism", choices=list(ORGANISMS), default="organism",
+                    help="which organism; its recipe (configs/<organism>/organism_train.yaml, if any) is the base")
+    tr.add_argument("--config", type=Path, default=None, help="a recipe YAML instead of the organism's own")
+    tr.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: the shipped one)")
     tr.add_argument("overrides", nargs="*", help="key=value")
     ev = sub.add_parser("eval", help="sample fresh prompts and report accuracy and overthinking")
-    ev.add_argument("--model", default="organism", help="'organism' or a checkpoint folder")
+    ev.add_argument("--model", default="organism", help="an organism's name or a checkpoint folder")
     ev.add_argument("--n", type=int, default=300)
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--top-p", type=float, default=1.0)
@@ -32,8 +35,10 @@ def main(argv: list[str] | None = None) -> None:
         from workbench.config import ConfigError, load_dataclass
         from workbench.organism.train import OrganismTrainConfig, train
 
+        org = get_organism(args.organism)
+        recipe = args.config or org.recipe
         try:
-            cfg = load_dataclass(OrganismTrainConfig, overrides=args.overrides)
+            cfg = load_dataclass(OrganismTrainConfig, recipe, [f"organism={org.name}", *args.overrides])
         except ConfigError as e:
             tr.error(str(e))
         summary = train(cfg, args.out)

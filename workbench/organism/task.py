@@ -71,6 +71,11 @@ def is_op_word(word: str) -> bool:
     return _OP.fullmatch(word) is not None
 
 
+def is_ref_word(word: str) -> bool:
+    """True for a definition token such as ``=c+3``."""
+    return _REF.fullmatch(word) is not None
+
+
 def apply_op(x: int, op: str, k: int) -> int:
     """Mod-10 arithmetic: the whole task lives in the digits 0-9."""
     if op == "+":
@@ -190,23 +195,32 @@ def sample_problem(rng: random.Random, depth: tuple[int, int] = (2, 4)) -> Probl
     return Problem(defs, query=chain_names[-1])
 
 
-def _compute_step(rng: random.Random, p: Problem, name: str, label: str, kind: str) -> Step:
-    """``Now a =c+3 , c =4 , a =7 .``: the definition, the value it reads, the result."""
-    d = p.by_name[name]
-    x, y = p.value(d.operand), p.value(name)
+def computation_step(opener: list[str], d: Definition, x: int, y: int, label: str, kind: str) -> Step:
+    """``<opener> a =c+3 , c =4 , a =7 .``: the definition, the value ``x`` it reads, the result ``y``
+    as written (a fallible reasoner may write a wrong one)."""
     arithmetic = [str(x), op_word(d.op, d.constant), "=", str(y)]
-    words = [rng.choice(PROGRESS_WORDS), *d.words(), ",", d.operand, value_word(x), ",", name, value_word(y), "."]
-    return Step(words, label, kind, name, arithmetic)
+    words = [*opener, *d.words(), ",", d.operand, value_word(x), ",", d.name, value_word(y), "."]
+    return Step(words, label, kind, d.name, arithmetic)
+
+
+def shortcut_step(opener: list[str], d: Definition, nxt: Definition, x: int, y: int, label: str = "critical",
+                  kind: str = "shortcut") -> Step:
+    """``<opener> b =c+3 *2 , c =4 , b =4 .``: definitions ``d`` and ``nxt`` applied at once, skipping
+    ``d``'s variable; ``y`` is the result as written."""
+    arithmetic = [str(x), op_word(d.op, d.constant), op_word(nxt.op, nxt.constant), "=", str(y)]
+    words = [*opener, nxt.name, *d.words()[1:], op_word(nxt.op, nxt.constant), ",", d.operand, value_word(x), ",",
+             nxt.name, value_word(y), "."]
+    return Step(words, label, kind, nxt.name, arithmetic)
+
+
+def _compute_step(rng: random.Random, p: Problem, name: str, label: str, kind: str) -> Step:
+    d = p.by_name[name]
+    return computation_step([rng.choice(PROGRESS_WORDS)], d, p.value(d.operand), p.value(name), label, kind)
 
 
 def _shortcut_step(rng: random.Random, p: Problem, first: str, second: str) -> Step:
-    """``Now b =c+3 *2 , c =4 , b =4 .``: two definitions applied at once, skipping ``first``."""
     d, nxt = p.by_name[first], p.by_name[second]
-    x, y = p.value(d.operand), p.value(second)
-    arithmetic = [str(x), op_word(d.op, d.constant), op_word(nxt.op, nxt.constant), "=", str(y)]
-    words = [rng.choice(PROGRESS_WORDS), second, *d.words()[1:], op_word(nxt.op, nxt.constant), ",", d.operand,
-             value_word(x), ",", second, value_word(y), "."]
-    return Step(words, "critical", "shortcut", second, arithmetic)
+    return shortcut_step([rng.choice(PROGRESS_WORDS)], d, nxt, p.value(d.operand), p.value(second))
 
 
 def _early(rng: random.Random, n: int) -> int:
@@ -332,7 +346,7 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
         w = text.split()
         if i == 0 and w and w[0] == "Need":
             out.append(("plan", "plan"))
-        elif len(w) >= 3 and w[0] in ("Now", "Then", "Next") and _REF.fullmatch(w[2]):
+        elif len(w) >= 3 and w[0] in ("Now", "Then", "Next") and is_ref_word(w[2]):
             name = w[1]
             if name in chain and name not in seen:
                 shortcut = len(w) > 3 and is_op_word(w[3])  # ``b =c+3 *2``

@@ -1,8 +1,11 @@
-"""Train the organism from scratch: a small Qwen2 (GQA) language model on reference traces.
+"""Train an organism: a small Qwen2 (GQA) language model on its task's reference traces.
 
 Supervised next-token training on freshly sampled traces, loss on the response only (the
 prompt's definitions are random and unpredictable), batches grouped by length so little
-compute goes to padding.  The run checkpoints atomically and keeps the best accuracy at temperature 1.0.
+compute goes to padding.  From scratch, or warm-started from another organism's checkpoint (a
+vocabulary that extends the checkpoint's keeps its ids; new words get new embedding rows).  The run
+checkpoints atomically and keeps the best accuracy at temperature 1.0, or the last evaluation for an
+organism whose reference traces are themselves fallible (``keep=last``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from workbench.checkpoints import save_hf_atomic
-from workbench.organism import CHECKPOINT_DIR, task
 from workbench.generation import encode_prompts, sample
-from workbench.organism.tokenizer import build_tokenizer
+from workbench.organism import get_organism, task
 
 
 @dataclass
 class OrganismTrainConfig:
+    organism: str = "organism"  # which registered organism's task and tokenizer
     layers: int = 4
     hidden: int = 192
     heads: int = 6
@@ -43,6 +46,7 @@ class OrganismTrainConfig:
     threads: int = 2
     redundant_weight: float = 0.3
     init_from: str | None = None  # a checkpoint folder to continue from instead of random weights
+    keep: str = "best"  # best: the checkpoint with the best sampled accuracy; last: the last evaluated
 
 
 def model_config(cfg: OrganismTrainConfig, vocab_size: int, tok) -> Qwen2Config:
@@ -73,21 +77,23 @@ def compose_reference_embeddings(model: Qwen2ForCausalLM, tok) -> None:
 def token_weights(trace: task.Trace, redundant_weight: float) -> list[float]:
     """Loss weight of each response token (one token per word): a redundant step's body weighs
     less, so the gradient goes to the lookups and arithmetic of the chain; its first word (the
-    model's choice of what to do next) and everything else weigh 1."""
+    model's choice of what to do next) and everything else weigh 1.  A slip is a behaviour to
+    imitate at its rate, not filler, so it weighs 1 too."""
     weights: list[float] = []
     for s in trace.steps:
-        body = redundant_weight if s.label == "redundant" else 1.0
+        body = redundant_weight if s.label == "redundant" and s.kind != "slip" else 1.0
         weights += [1.0] + [body] * (len(s.words) - 1)
     return weights + [1.0] * (len(trace.answer_words) + 2)  # </think>, the answer, EOS
 
 
 def training_batches(rng: random.Random, tok, batch_size: int, redundant_weight: float = 1.0,
-                     pool_batches: int = 16):
-    """Yield (input_ids, labels, weights) batches; each pool of traces is sorted by length, then split."""
+                     pool_batches: int = 16, trace_task=task):
+    """Yield (input_ids, labels, weights) batches of ``trace_task``'s reference traces; each pool of
+    traces is sorted by length, then split."""
     while True:
         rows = []
         for _ in range(batch_size * pool_batches):
-            t = task.sample_trace(rng)
+            t = trace_task.sample_trace(rng)
             p = tok(t.prompt)["input_ids"]
             r = tok(t.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             rows.append((p, r, token_weights(t, redundant_weight)))
@@ -114,22 +120,38 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     return (ce * w).sum() / w.sum()
 
 
-def sampled_accuracy(model, tok, problems: list[task.Problem], temperature: float = 1.0) -> float:
+def sampled_accuracy(model, tok, problems: list[task.Problem], temperature: float = 1.0, trace_task=task) -> float:
     """Accuracy at the temperature the organism is judged at (greedy decoding of a half-trained
     model loops on its most likely step, so it says little)."""
     out = sample(model, tok, encode_prompts(tok, [p.prompt() for p in problems]), max_new_tokens=320,
                  temperature=temperature)
-    return sum(task.verify(p, t) for p, t in zip(problems, out.texts)) / len(problems)
+    return sum(trace_task.verify(p, t) for p, t in zip(problems, out.texts)) / len(problems)
 
 
-def train(cfg: OrganismTrainConfig, out_dir: Path = CHECKPOINT_DIR) -> dict:
-    """Train, keep the checkpoint with the best sampled accuracy in ``out_dir``, return a summary."""
+def warm_start(path: str, tok) -> Qwen2ForCausalLM:
+    """A checkpoint's weights, its embeddings grown to ``tok``'s vocabulary when that extends it."""
+    model = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if model.config.vocab_size > len(tok):
+        raise ValueError(f"init_from {path}: its vocabulary ({model.config.vocab_size}) is larger than the "
+                         f"organism's ({len(tok)})")
+    if model.config.vocab_size < len(tok):
+        model.resize_token_embeddings(len(tok))  # new rows start at the mean embedding
+    return model
+
+
+def train(cfg: OrganismTrainConfig, out_dir: Path | None = None) -> dict:
+    """Train, keep the best (or last) evaluated checkpoint in ``out_dir`` (default: the organism's
+    shipped folder), return a summary."""
+    if cfg.keep not in ("best", "last"):
+        raise ValueError(f"keep must be best or last, not {cfg.keep!r}")
+    org = get_organism(cfg.organism)
+    out_dir = Path(out_dir or org.checkpoint)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = random.Random(cfg.seed)
-    tok = build_tokenizer()
+    tok = org.build_tokenizer()
     if cfg.init_from:
-        model = Qwen2ForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        model = warm_start(cfg.init_from, tok)
     else:
         model = Qwen2ForCausalLM(model_config(cfg, len(tok), tok))
         compose_reference_embeddings(model, tok)
@@ -138,9 +160,9 @@ def train(cfg: OrganismTrainConfig, out_dir: Path = CHECKPOINT_DIR) -> dict:
     schedule = lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, s / cfg.steps)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     eval_rng = random.Random(10_000 + cfg.seed)
-    eval_problems = [task.sample_problem(eval_rng) for _ in range(cfg.eval_problems)]
-    start, tokens, best, history = time.time(), 0, -1.0, []
-    batches = training_batches(rng, tok, cfg.batch_size, cfg.redundant_weight)
+    eval_problems = [org.task.sample_problem(eval_rng) for _ in range(cfg.eval_problems)]
+    start, tokens, best, kept, history = time.time(), 0, -1.0, None, []
+    batches = training_batches(rng, tok, cfg.batch_size, cfg.redundant_weight, trace_task=org.task)
     for step in range(1, cfg.steps + 1):
         model.train()
         ids, labels, weights = next(batches)
@@ -155,18 +177,18 @@ def train(cfg: OrganismTrainConfig, out_dir: Path = CHECKPOINT_DIR) -> dict:
         minutes = (time.time() - start) / 60
         if step % cfg.eval_every == 0 or step == cfg.steps or minutes > cfg.max_minutes:
             model.eval()
-            acc = sampled_accuracy(model, tok, eval_problems)
+            acc = sampled_accuracy(model, tok, eval_problems, trace_task=org.task)
             row = {"step": step, "loss": round(loss.item(), 4), "accuracy": acc,
                    "minutes": round(minutes, 2), "tokens_per_s": round(tokens / (time.time() - start))}
             history.append(row)
             print(json.dumps(row), flush=True)
-            if acc >= best:
-                best = acc
+            if acc >= best or cfg.keep == "last":
+                best, kept = max(best, acc), row
                 model.generation_config.pad_token_id = tok.pad_token_id
                 save_hf_atomic(model, tok, out_dir)
             if minutes > cfg.max_minutes or acc >= cfg.stop_at_accuracy:
                 break
-    summary = {"params": n_params, "config": asdict(cfg), "best_accuracy": best,
+    summary = {"params": n_params, "config": asdict(cfg), "best_accuracy": best, "kept": kept,
                "minutes": round((time.time() - start) / 60, 2), "history": history}
     (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

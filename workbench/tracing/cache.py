@@ -2,21 +2,19 @@
 
 One safetensors file per (model fingerprint, token ids, spans, head set, what is stored: step
 scores or the step x step attention); the backend is not part of the key because all backends
-give the same numbers.  Writes go to a temporary file
-that is renamed into place, so a killed run never leaves a half-written entry.
+give the same numbers.  Writes are atomic (``workbench.cache.write_atomic``), so a killed run
+never leaves a half-written entry.  Any other per-trace tensor (e.g. counterfactual log-prob
+drops) can live beside them under its own key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from workbench.cache import content_key, write_atomic
 from workbench.heads import Head
 from workbench.tracing.items import TraceItem
 
@@ -31,11 +29,9 @@ class ScoreCache:
     @staticmethod
     def key(fingerprint: str, item: TraceItem, heads: list[Head] | None, what: str | None = None) -> str:
         """``what``: None for step scores (keys as before), else the name of another quantity."""
-        content = [SCORE_VERSION, fingerprint, list(item.input_ids), [list(s) for s in item.steps],
-                   list(item.answer), "all" if heads is None else [list(h) for h in heads]]
-        if what is not None:
-            content.append(what)
-        return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:32]
+        named = () if what is None else (what,)
+        return content_key(SCORE_VERSION, fingerprint, list(item.input_ids), [list(s) for s in item.steps],
+                           list(item.answer), "all" if heads is None else [list(h) for h in heads], *named)
 
     def _path(self, key: str) -> Path:
         return self.dir / f"{key}.safetensors"
@@ -45,11 +41,4 @@ class ScoreCache:
         return load_file(path)["scores"] if path.is_file() else None
 
     def put(self, key: str, scores: torch.Tensor) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.dir)
-        os.close(fd)
-        try:
-            save_file({"scores": scores.contiguous()}, tmp)
-            os.replace(tmp, self._path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(self._path(key), lambda tmp: save_file({"scores": scores.contiguous()}, tmp))

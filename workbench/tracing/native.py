@@ -7,14 +7,18 @@ post-RoPE queries and keys the model hands it, then calls the original implement
 Those rows are reduced at once to step means: O(H·|F|·T) transient memory per layer (less,
 as rows are chunked), O(L·H·K) kept.
 
-``AttentionRecorder`` is that mechanism; a subclass says what a layer's rows are reduced to
-(``StepScoreRecorder`` here, the step x step matrix in step_attention.py).
+``AttentionRecorder`` is that mechanism: it computes the attention rows a reduction asks for
+(from the answer's first token, or from an earlier one) chunk by chunk, and a subclass says what
+they are reduced to -- step scores (``StepScoreRecorder`` here), the answer's token rows
+(attention.py) or the step x step matrix (step_attention.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Iterator
+from typing import Self
 
 import torch
 from transformers import AttentionInterface
@@ -22,10 +26,10 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from workbench.heads import Head, check_heads, kv_head, model_shape
-from workbench.tracing.items import Span, check_spans
+from workbench.tracing.items import Span, TraceItem, check_spans, pad_right
 from workbench.tracing.reduce import HeadLayout, span_means
 
-CHUNK_ELEMENTS = 1 << 24  # logits computed per chunk of answer rows: at most 64 MB of fp32
+CHUNK_ELEMENTS = 1 << 24  # logits computed per chunk of query rows: at most 64 MB of fp32
 _ACTIVE: dict[int, "AttentionRecorder"] = {}  # id(model config) -> the recorder capturing from it
 
 
@@ -57,7 +61,7 @@ def _register(original: str) -> str:
     return name
 
 
-def rows_mask(mask, b: int, r0: int, r1: int, n_keys: int, kwargs: dict, device) -> torch.Tensor:
+def _rows_mask(mask, b: int, r0: int, r1: int, n_keys: int, kwargs: dict, device) -> torch.Tensor:
     """How the model masks query rows [r0, r1) of batch row b, [r1 - r0, n_keys]: a bool tensor
     (True = hidden) or, for eager attention, the model's additive float mask."""
     if mask is not None and mask.dim() == 4:  # SDPA (bool, True = attend) or eager (additive) mask
@@ -87,33 +91,15 @@ def _kv_runs(heads: list[int], n_heads: int, n_kv: int, device) -> list[tuple[in
     return runs
 
 
-def head_probs(query: torch.Tensor, keys: torch.Tensor, runs, r0: int, r1: int, hidden: torch.Tensor,
-               scaling: float):
-    """Attention probabilities of query rows [r0, r1) of one batch row, per run of heads sharing a KV head.
-
-    ``query`` [H, T, D] and ``keys`` [KV, n_keys, D] (float32) of that batch row; ``hidden``
-    [r1 - r0, n_keys] as `rows_mask` gives it.  Yields (where the run sits, probs [g, r1 - r0, n_keys]).
-    """
-    n_keys = keys.shape[1]
-    for kv, at, idx in runs:
-        q = query[idx, r0:r1].float()  # [g, r1 - r0, D]
-        # one 2-D matmul for the whole run: several times faster on CPU than a batched one
-        logits = (q.reshape(-1, q.shape[-1]) @ keys[kv].T).view(len(idx), r1 - r0, n_keys).mul_(scaling)
-        if hidden.dtype == torch.bool:
-            logits.masked_fill_(hidden, -torch.inf)
-        else:
-            logits.add_(hidden)
-        yield at, logits.softmax(-1)
-
-
 class AttentionRecorder:
     """Reduce the attention of ``heads`` during an ordinary forward pass (no second pass).
 
     ``rows[b] = (steps, answer)`` in padded-tensor coordinates of batch row b; padding is read
-    from the attention mask the model builds.  A subclass says what each layer's attention of
-    batch row b is reduced to (`reduce`); after the ``with`` block, ``scores[b]`` holds the
-    reductions of every head, float32 on the CPU, heads first in request order.  The model's
-    outputs are unchanged.  One forward pass per recorder.
+    from the attention mask the model builds.  A subclass says from which query row on it reads
+    the attention (`first_row`: the answer's first token unless it says otherwise; rows run to the
+    answer's end) and what each layer's rows are reduced to (`reduce`).  After the ``with`` block,
+    ``scores[b]`` holds every head's reduction, float32 on the CPU, heads first in request order.
+    The model's outputs are unchanged.  One forward pass per recorder.
     """
 
     def __init__(self, model, heads: list[Head], rows: list[tuple[list[Span], Span]], names: list[str] | None = None):
@@ -131,7 +117,7 @@ class AttentionRecorder:
         self.scores: list[torch.Tensor] = []
         self._parts: list[dict[int, torch.Tensor]] = [{} for _ in rows]
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         config = self.model.config
         if id(config) in _ACTIVE:
             raise RuntimeError("an attention recorder is already active on this model")
@@ -157,7 +143,7 @@ class AttentionRecorder:
 
     @torch.no_grad()
     def capture(self, module, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict) -> None:
-        """query [B, H, T, D], key [B, KV, T, D] after RoPE -> this layer's reductions, per batch row."""
+        """query [B, H, T, D], key [B, KV, T, D] after RoPE -> this layer's part of each row's result."""
         heads = self.layout.by_layer.get(module.layer_idx)
         if not heads:
             return
@@ -168,30 +154,62 @@ class AttentionRecorder:
             raise RuntimeError(f"layer {module.layer_idx} was captured twice: use one recorder per forward pass")
         if kwargs.get("softcap") or kwargs.get("s_aux") is not None:
             raise ValueError("native tracing does not support attention softcapping or sinks: use the eager backend")
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         for b, (_, (a0, a1)) in enumerate(self.rows):
             if a1 > query.shape[2]:
                 raise ValueError(f"{self.names[b]}: answer span ({a0}, {a1}) is outside the {query.shape[2]} tokens")
-            self._parts[b][module.layer_idx] = self.reduce(b, len(heads), self._runs[module.layer_idx], query[b],
-                                                           key[b], mask, kwargs, scaling)
+            chunks = self._attention_rows(module.layer_idx, query[b], key[b], mask, b, (self.first_row(b), a1),
+                                          kwargs)
+            self._parts[b][module.layer_idx] = self.reduce(b, len(heads), chunks)
 
-    def reduce(self, b: int, n_heads: int, runs, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict,
-               scaling: float) -> torch.Tensor:
-        """One layer's attention of batch row b (query [H, T, D], key [KV, T, D]) -> [n_heads, ...]."""
+    def _attention_rows(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask, b: int, span: Span,
+                        kwargs: dict) -> Iterator[tuple[slice, int, int, torch.Tensor]]:
+        """The attention of query rows ``span`` of batch row b, chunk by chunk: (where the heads sit
+        in this layer's list, first row, end row, probabilities ``[g, r1 - r0, r1]``).  A chunk's
+        keys stop at its last row (causal: no row before r1 sees a later key)."""
+        start, end = span
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        chunk = max(1, CHUNK_ELEMENTS // (len(self.layout.by_layer[layer]) * end))
+        for r0 in range(start, end, chunk):
+            r1 = min(r0 + chunk, end)
+            keys = key[:, :r1].float()  # [KV, r1, D]
+            hidden = _rows_mask(mask, b, r0, r1, r1, kwargs, query.device)  # [r1 - r0, r1]
+            for kv, at, idx in self._runs[layer]:
+                q = query[idx, r0:r1].float()  # [g, r1 - r0, D]
+                # one 2-D matmul for the whole run: several times faster on CPU than a batched one
+                logits = (q.reshape(-1, q.shape[-1]) @ keys[kv].T).view(len(idx), r1 - r0, r1).mul_(scaling)
+                if hidden.dtype == torch.bool:
+                    logits.masked_fill_(hidden, -torch.inf)
+                else:
+                    logits.add_(hidden)
+                yield at, r0, r1, logits.softmax(-1)
+
+    def first_row(self, b: int) -> int:
+        """The first query row the reduction of batch row b reads: the answer's first token."""
+        return self.rows[b][1][0]
+
+    def reduce(self, b: int, n_heads: int, chunks) -> torch.Tensor:
+        """One layer's attention rows of batch row b, as `_attention_rows` yields them -> [n_heads, ...]."""
         raise NotImplementedError
 
 
 class StepScoreRecorder(AttentionRecorder):
     """Answer->step scores: ``scores[b]`` is [len(heads), K_b] (only the answer rows are computed)."""
 
-    def reduce(self, b, n_heads, runs, query, key, mask, kwargs, scaling):
-        a0, a1 = self.rows[b][1]
-        keys = key[:, :a1].float()  # [KV, a1, D]
-        mass = torch.zeros(n_heads, a1, device=query.device)  # attention each key gets from F
-        chunk = max(1, CHUNK_ELEMENTS // (n_heads * a1))
-        for r0 in range(a0, a1, chunk):
-            r1 = min(r0 + chunk, a1)
-            hidden = rows_mask(mask, b, r0, r1, a1, kwargs, query.device)  # [r1 - r0, a1]
-            for at, probs in head_probs(query, keys, runs, r0, r1, hidden, scaling):
-                mass[at] += probs.sum(1)
+    def reduce(self, b: int, n_heads: int, chunks) -> torch.Tensor:
+        """Each key's attention mass from F, averaged over each step."""
+        mass = torch.zeros(n_heads, self.rows[b][1][1], device=self._steps[b].device)
+        for at, _, r1, probs in chunks:
+            mass[at, :r1] += probs.sum(1)
         return span_means(mass, self._steps[b])
+
+
+def record_batches(recorder: type[AttentionRecorder], model, batches: list[list[TraceItem]],
+                   heads: list[Head]) -> Iterator[list[torch.Tensor]]:
+    """Per batch of items, right-padded, one forward of the model's body (no LM head: not needed)
+    under ``recorder``: yields its ``scores``, one tensor per item."""
+    for batch in batches:
+        ids, mask = pad_right(batch, next(model.parameters()).device)
+        names = [f"trace {it.trace_id!r}" for it in batch]
+        with torch.no_grad(), recorder(model, heads, [(it.steps, it.answer) for it in batch], names) as rec:
+            model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        yield rec.scores

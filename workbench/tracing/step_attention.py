@@ -8,9 +8,10 @@ times |F| is the answer->step score S of reduce.py.  Tokens between segments (``
 are neither rows nor columns.
 
 Captured like the native tracer, inside the model's own forward pass (`AttentionRecorder`): per
-layer, the query rows from the first step on, in chunks, each chunk's attention reduced at once to
-[segment, step] sums.  Never T x T: O(H·chunk·T) transient memory per layer, O(L·H·K²) kept.  The
-cost is about one more attention computation per layer (all rows, not only |F| as for S).
+layer, the query rows from the first step on (not only the answer's), in chunks, each chunk's
+attention reduced at once to [segment, step] sums.  Never T x T: O(H·chunk·T) transient memory
+per layer, O(L·H·K²) kept.  The cost is about one more attention computation per layer (all
+rows, not only |F| as for S).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from workbench.heads import Head
-from workbench.tracing.items import Span, TraceItem, pad_right
-from workbench.tracing.native import CHUNK_ELEMENTS, AttentionRecorder, head_probs, rows_mask
+from workbench.tracing.items import Span, TraceItem
+from workbench.tracing.native import AttentionRecorder, record_batches
 from workbench.tracing.reduce import add_block_sums, row_segments
 
 
@@ -34,26 +35,20 @@ class StepAttentionRecorder(AttentionRecorder):
                    for steps, answer in rows]
         self._sizes = [n[:, None] * n[None, :-1] for n in lengths]  # tokens in each (segment, step) block
 
-    def reduce(self, b, n_heads, runs, query, key, mask, kwargs, scaling):
-        steps, (_, a1) = self.rows[b]
-        first = steps[0][0]
-        out = torch.zeros(n_heads, len(steps) + 1, len(steps), dtype=torch.float64, device=query.device)
-        chunk = max(1, CHUNK_ELEMENTS // (n_heads * a1))
-        for r0 in range(first, a1, chunk):
-            r1 = min(r0 + chunk, a1)
-            keys = key[:, :r1].float()  # causal: rows before r1 see no later key
-            hidden = rows_mask(mask, b, r0, r1, r1, kwargs, query.device)
-            for at, probs in head_probs(query, keys, runs, r0, r1, hidden, scaling):
-                add_block_sums(out[at], probs, self._segments[b][r0 - first : r1 - first], self._steps[b])
+    def first_row(self, b: int) -> int:
+        """Every step's rows are read, not only the answer's."""
+        return self.rows[b][0][0][0]
+
+    def reduce(self, b: int, n_heads: int, chunks) -> torch.Tensor:
+        """Attention summed per (segment, step) block, then divided by the block's token count."""
+        out = torch.zeros(n_heads, len(self.rows[b][0]) + 1, len(self.rows[b][0]), dtype=torch.float64,
+                          device=self._steps[b].device)
+        first = self.first_row(b)
+        for at, r0, r1, probs in chunks:
+            add_block_sums(out[at], probs, self._segments[b][r0 - first : r1 - first], self._steps[b])
         return (out / self._sizes[b]).float()
 
 
 def step_attention_batches(model, tokenizer, batches: list[list[TraceItem]], heads: list[Head]):
     """Per batch of items (right-padded), one [len(heads), K + 1, K] float32 CPU tensor per item."""
-    for batch in batches:
-        ids, mask = pad_right(batch, next(model.parameters()).device)
-        names = [f"trace {it.trace_id!r}" for it in batch]
-        rows = [(it.steps, it.answer) for it in batch]
-        with torch.no_grad(), StepAttentionRecorder(model, heads, rows, names) as recorder:
-            model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
-        yield recorder.scores
+    return record_batches(StepAttentionRecorder, model, batches, heads)

@@ -1,4 +1,4 @@
-"""Padded training batches and per-token log-probs of the sampled responses.
+"""Padded training batches (their log-probs: ``workbench.training.logprobs``).
 
 Rows are prompt + response, right-padded, so every real token keeps the position it had when
 it was sampled (and absolute token spans equal padded-tensor coordinates).  Token-level
@@ -50,15 +50,15 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (weights stay fp32); plain fp32 on the CPU."""
+    """bf16 autocast on CUDA, plain fp32 on the CPU.
+
+    The policy's weights stay fp32 and only its compute runs in bf16.  AdamW needs fp32 master
+    weights either way, so bf16 weights plus an fp32 master copy would cost the same 16 bytes per
+    parameter (2 weights + 2 grads + 4 master + 8 moments, against 4 + 4 + 8) and add a copy step;
+    autocast keeps the update exact and is what verl's FSDP mixed precision does (fp32 parameters,
+    bf16 compute).  The frozen KL reference has no optimizer state and is held in bf16 instead
+    (``loop.frozen_copy``).
+    """
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def response_logprobs(model, batch: Packed) -> torch.Tensor:
-    """``[n, T]`` log-prob of each sampled response token under ``model`` (fp32)."""
-    with autocast(batch.input_ids.device):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    picked = logits.gather(1, batch.positions[..., None].expand(-1, -1, logits.shape[-1]))
-    return torch.log_softmax(picked.float(), -1).gather(-1, batch.targets[..., None]).squeeze(-1)

@@ -1,9 +1,9 @@
 """The AttnPO training loop (CleanRL-style: one function per stage, one step per iteration).
 
-Each step: sample G responses for each of ``prompts_per_step`` prompts, verify, segment the
-correct ones, one no-grad forward for the old log-probs that also records the KFH step scores,
-length-penalised reward -> RLOO advantage -> stepwise rescaling by the configured method ->
-token advantages, then PPO-clip updates.  Run directory::
+Each step: draw prompts from the task, sample G responses for each, verify and segment the correct
+ones, one no-grad forward for the old log-probs (at the sampling temperature) that also records the
+KFH step scores, then the registered method's token advantages (``workbench.methods``) and
+PPO-clip updates.  Run directory::
 
     config.yaml  metrics.jsonl  eval_start.json  eval_final.json  checkpoints/step_N/
 """
@@ -23,21 +23,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from workbench.advantages import AttnPOParams, Method, get_method, rloo_advantage, token_advantages
+from workbench.advantages import MethodParams
 from workbench.config import Config, ConfigError, config_to_dict, load_config, save_config
 from workbench.heads import Head, check_heads, parse_head
 from workbench.kfh import load_kfh
+from workbench.methods import Method, compute_advantages, get_method
 from workbench.models import LoadedModel, best_device, load_model
-from workbench.rewards import length_penalised_reward
+from workbench.tasks import Prompt, Task, build_task
 from workbench.training.batch import autocast, pack
-from workbench.training.data import JsonlPrompts, OrganismPrompts
 from workbench.training.evaluate import evaluate_policy
+from workbench.training.logprobs import check_head
 from workbench.training.metrics import MetricsLog, step_metrics
 from workbench.training.policy import lr_schedule, update
 from workbench.training.rollout import Rollout, generate_rollout
-from workbench.training.scoring import old_logprobs, oracle_step_scores, step_inputs
+from workbench.training.scoring import old_logprobs, oracle_step_scores
 from workbench.training.state import list_checkpoints, load_state, restore, save_checkpoint, truncate_metrics
-from workbench.verifiers import Verifier, get_verifier
 
 
 def resolve_heads(cfg: Config, loaded: LoadedModel) -> list[Head]:
@@ -58,47 +58,49 @@ class Trainer:
     cfg: Config
     model: torch.nn.Module
     tokenizer: object
+    task: Task
     method: Method
     heads: list[Head] | None
-    verifier: Verifier
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ref_model: torch.nn.Module | None = None
 
     @property
-    def params(self) -> AttnPOParams:
+    def params(self) -> MethodParams:
         m = self.cfg.method
-        return AttnPOParams(beta=m.beta, lam=m.lam, delta=m.delta, horizon=m.delay_horizon)
+        return MethodParams(alpha=m.alpha, beta=m.beta, lam=m.lam, delta=m.delta, horizon=m.delay_horizon)
 
-    def rollout(self, prompts) -> Rollout:
+    @property
+    def segmenter(self) -> str:
+        return self.cfg.data.segmenter or self.task.segmenter
+
+    def rollout(self, prompts: list[Prompt]) -> Rollout:
         with autocast(next(self.model.parameters()).device):
-            return generate_rollout(self.model, self.tokenizer, prompts, self.cfg.rollout, self.verifier,
-                                    self.cfg.data.segmenter)
+            return generate_rollout(self.model, self.tokenizer, self.task, prompts, self.cfg.rollout, self.segmenter)
 
     def learn(self, rollout: Rollout, step: int) -> dict:
         """Score, compute advantages and update the policy on one rollout; returns the step's metrics."""
-        cfg = self.cfg
+        cfg, temperature = self.cfg, self.cfg.rollout.temperature
         t0 = time.perf_counter()
         packed = pack(rollout.prompt_ids, rollout.response_ids, self.tokenizer.pad_token_id)
         kfh = self.method.scores == "kfh"
         old_logp, kfh_scores = old_logprobs(self.model, packed, cfg.train.micro_batch_size,
-                                            self.heads if kfh else None, rollout.spans() if kfh else None)
-        ref_logp = (old_logprobs(self.ref_model, packed, cfg.train.micro_batch_size)[0]
+                                            self.heads if kfh else None, rollout.spans() if kfh else None,
+                                            temperature)
+        ref_logp = (old_logprobs(self.ref_model, packed, cfg.train.micro_batch_size, temperature=temperature)[0]
                     if self.ref_model is not None else None)
-        alpha = cfg.method.alpha if self.method.length_penalty else 0.0
-        rewards = length_penalised_reward(rollout.correct, rollout.lengths, alpha)
-        adv = rloo_advantage(rewards).reshape(-1)
         scores = oracle_step_scores(rollout) if self.method.scores == "oracle" else kfh_scores if kfh else None
-        batch, index = step_inputs(rollout, adv, scores, step)
-        gammas = self.method.rescale(batch, self.params)
-        token_adv = token_advantages(adv, gammas.gamma, index)
+        adv = compute_advantages(self.method, rollout.correct, rollout.lengths, rollout.step_spans(), scores,
+                                 rollout.answer_lengths(), rollout.total_lengths(), step, self.params,
+                                 width=packed.targets.shape[1])
         t1 = time.perf_counter()
-        stats = update(self.model, self.optimizer, self.scheduler, packed, old_logp, token_adv, cfg.train, ref_logp)
+        stats = update(self.model, self.optimizer, self.scheduler, packed, old_logp, adv.tokens, cfg.train, ref_logp,
+                       temperature)
         t2 = time.perf_counter()
-        return {"step": step, **step_metrics(rollout, rewards, gammas, batch.step_mask), **stats,
+        return {"step": step, **step_metrics(rollout, adv), **stats,
                 "seconds_scoring": t1 - t0, "seconds_update": t2 - t1}
 
-    def step(self, prompts, step: int) -> dict:
+    def step(self, prompts: list[Prompt], step: int) -> dict:
         """One RL step on ``prompts`` (sampling, then ``learn``)."""
         t0 = time.perf_counter()
         rollout = self.rollout(prompts)
@@ -107,38 +109,49 @@ class Trainer:
 
 
 def build(cfg: Config, loaded: LoadedModel, heads: list[Head] | None, ref: torch.nn.Module | None) -> Trainer:
-    method = get_method(cfg.method.name)
+    """A Trainer for ``loaded``: its task (``data.task``), method, optimizer and schedule."""
     model = loaded.model
+    check_head(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.train.warmup_steps))
-    return Trainer(cfg, model, loaded.tokenizer, method, heads, get_verifier(cfg.data.verifier), optimizer,
-                   scheduler, ref)
+    return Trainer(cfg, model, loaded.tokenizer, build_task(cfg, loaded.tokenizer), get_method(cfg.method.name),
+                   heads, optimizer, scheduler, ref)
 
 
-def prompt_source(cfg: Config, tokenizer):
-    if cfg.data.source == "organism":
-        return OrganismPrompts()
-    return JsonlPrompts(tokenizer, cfg.data.train_file, cfg.data.eval_file, cfg.data.chat_template,
-                        cfg.data.instruction, cfg.data.prompt_suffix)
+def reference_dtype(device: torch.device) -> torch.dtype:
+    """The frozen KL reference's weights: bf16 on CUDA (its matmuls run in bf16 under autocast anyway
+    and it has no optimizer, as verl holds its reference), fp32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@torch.no_grad()
+def frozen_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A frozen, eval-mode copy of ``model`` with its weights in ``dtype``, built empty and filled
+    tensor by tensor (never a second full copy in the source dtype)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    device = next(model.parameters()).device
+    with no_init_weights(), torch.device(device):  # a config of its own: from_config writes its dtype into it
+        ref = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), dtype=dtype)
+    ref.load_state_dict(model.state_dict())
+    return ref.eval().requires_grad_(False)
 
 
 def load_models(cfg: Config, device: torch.device, checkpoint: Path | None
                 ) -> tuple[LoadedModel, list[Head] | None, torch.nn.Module | None]:
-    """The policy (the starting model, or the checkpoint's weights), the KFHs (validated against
-    the starting model) and the frozen reference for the KL term (only when ``kl_coef > 0``)."""
+    """The policy (the starting model, or the checkpoint's weights) in fp32, the KFHs (validated
+    against the starting model), and -- only when ``kl_coef > 0`` -- a frozen reference copy of the
+    starting model (``frozen_copy`` in ``reference_dtype``).  Without the KL term the starting model
+    itself is trained: no copy is made."""
     base = load_model(cfg.model.name, device=device, dtype=torch.float32,
                       trust_remote_code=cfg.model.trust_remote_code)
     heads = resolve_heads(cfg, base) if get_method(cfg.method.name).scores == "kfh" else None
-    ref = base.model.requires_grad_(False) if cfg.train.kl_coef > 0 else None
-    if checkpoint is not None:
-        weights = load_model(checkpoint, device=device, dtype=torch.float32)
-        policy = LoadedModel(weights.model, base.tokenizer, base.name, weights.fingerprint)
-    elif ref is not None:
-        policy = LoadedModel(copy.deepcopy(base.model).requires_grad_(True), base.tokenizer, base.name,
-                             base.fingerprint)
-    else:
-        policy = base
-    return policy, heads, ref
+    ref = frozen_copy(base.model, reference_dtype(device)) if cfg.train.kl_coef > 0 else None
+    if checkpoint is None:
+        return base, heads, ref
+    weights = load_model(checkpoint, device=device, dtype=torch.float32)
+    return LoadedModel(weights.model, base.tokenizer, base.name, weights.fingerprint), heads, ref
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
@@ -159,8 +172,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
 
     policy, heads, ref = load_models(cfg, device, checkpoints[-1] if checkpoints else None)
     trainer = build(cfg, policy, heads, ref)
-    source = prompt_source(cfg, policy.tokenizer)
-    eval_prompts = source.held_out(cfg.eval.n_prompts, cfg.eval.seed)
+    task = trainer.task
+    eval_prompts = task.held_out(cfg.eval.n_prompts, cfg.eval.seed) if cfg.eval.enabled else []
 
     start = 0
     if checkpoints:
@@ -168,15 +181,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
         truncate_metrics(run_dir / "metrics.jsonl", start)
     save_config(cfg, run_dir / "config.yaml")
     if cfg.eval.enabled and not (run_dir / "eval_start.json").exists():
-        _write_json(run_dir / "eval_start.json", evaluate_policy(trainer.model, trainer.tokenizer, eval_prompts,
-                                                                 cfg, trainer.verifier))
+        _write_json(run_dir / "eval_start.json", evaluate(trainer, eval_prompts))
 
     log = MetricsLog(run_dir, cfg.logging, config_to_dict(cfg))
     bar = tqdm(range(start + 1, cfg.train.steps + 1), initial=start, total=cfg.train.steps,
                disable=not cfg.logging.progress, desc=cfg.method.name)
     try:
         for step in bar:
-            row = trainer.step(source.draw(prompt_rng, cfg.rollout.prompts_per_step), step)
+            row = trainer.step(task.draw(prompt_rng, cfg.rollout.prompts_per_step), step)
             log.log(row)
             bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}",
                             tokens=f"{row['mean_response_tokens']:.0f}")
@@ -186,9 +198,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     finally:
         log.close()
     if cfg.eval.enabled:
-        _write_json(run_dir / "eval_final.json", evaluate_policy(trainer.model, trainer.tokenizer, eval_prompts,
-                                                                 cfg, trainer.verifier))
+        _write_json(run_dir / "eval_final.json", evaluate(trainer, eval_prompts))
     return run_dir
+
+
+def evaluate(trainer: Trainer, prompts: list[Prompt]) -> dict:
+    """The held-out evaluation, with where its prompts came from."""
+    result = evaluate_policy(trainer.model, trainer.tokenizer, trainer.task, prompts, trainer.cfg, trainer.segmenter)
+    return {**result, "held_out": trainer.task.held_out_info(trainer.cfg.eval.seed)}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--resume needs --out DIR (the run to continue)")
             if args.config is not None:
                 parser.error("--resume reads DIR/config.yaml; drop --config (overrides still apply)")
-            cfg = load_config(args.out / "config.yaml", args.overrides)
+            cfg = load_config(args.out / "config.yaml", args.overrides, base=Path.cwd())
         else:
             cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

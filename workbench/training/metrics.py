@@ -3,9 +3,9 @@
 Step accounting, over the steps of rescalable responses (correct, at least two steps):
 ``frac_steps_attenuated`` -- Pos-Adv shrank their positive advantage (judged unimportant);
 ``frac_steps_protected`` -- Neg-Adv removed their negative advantage (judged important).
-On the organism, ``attenuation_precision`` is the share of attenuated steps that are truly
-redundant, and ``protection_precision`` the share of protected steps that are truly needed
-(critical or plan); both are null when no step was attenuated / protected.
+On a task with step labels (the organisms), ``attenuation_precision`` is the share of attenuated
+steps that are truly redundant, and ``protection_precision`` the share of protected steps that are
+truly needed (critical or plan); both are null when no step was attenuated / protected.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from workbench.advantages import StepGammas
 from workbench.config import LoggingConfig
+from workbench.methods import Advantages
 from workbench.training.rollout import Rollout
 
 
@@ -26,27 +26,27 @@ def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
-def step_metrics(rollout: Rollout, rewards: torch.Tensor, gammas: StepGammas, step_mask: torch.Tensor) -> dict:
-    n = len(rollout.response_ids)
+def step_metrics(rollout: Rollout, adv: Advantages) -> dict:
+    n, step_mask = len(rollout.response_ids), adv.step_mask
     steps = [len(rollout.segments[i].steps) for i in range(n) if rollout.segments[i] is not None
              and rollout.segments[i].ok]
     n_steps = int(step_mask.sum())
     row = {
-        "reward": rewards.mean().item(),
+        "reward": adv.rewards.mean().item(),
         "accuracy": rollout.correct.float().mean().item(),
         "mean_response_tokens": rollout.lengths.float().mean().item(),
         "truncated_fraction": sum(rollout.truncated) / n,
         "steps_per_response": sum(steps) / len(steps) if steps else None,
         "rescaled_responses": sum(rollout.rescalable(i) for i in range(n)),
-        "frac_steps_attenuated": _ratio(int(gammas.attenuated.sum()), n_steps),
-        "frac_steps_protected": _ratio(int(gammas.protected.sum()), n_steps),
+        "frac_steps_attenuated": _ratio(int(adv.attenuated.sum()), n_steps),
+        "frac_steps_protected": _ratio(int(adv.protected.sum()), n_steps),
     }
-    if all(p.problem is not None for p in rollout.prompts):  # every rescalable response has labels
+    if rollout.labelled:  # every rescalable response has labels
         redundant = torch.zeros_like(step_mask)
         for i, labels in enumerate(rollout.step_labels):
             if labels is not None:
                 redundant[i, : len(labels)] = torch.tensor([label == "redundant" for label in labels])
-        att, prot = gammas.attenuated, gammas.protected
+        att, prot = adv.attenuated, adv.protected
         row["redundant_step_fraction"] = _ratio(int(redundant.sum()), n_steps)
         row["attenuation_precision"] = _ratio(int((att & redundant).sum()), int(att.sum()))
         row["protection_precision"] = _ratio(int((prot & ~redundant).sum()), int(prot.sum()))

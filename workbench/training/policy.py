@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from workbench.config import TrainConfig
-from workbench.training.batch import Packed, response_logprobs
+from workbench.training.batch import Packed
+from workbench.training.logprobs import response_logprobs
 
 
 def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip: float,
@@ -32,8 +33,9 @@ def lr_schedule(warmup_steps: int):
 
 
 def update(model, optimizer, scheduler, packed: Packed, old_logp: torch.Tensor, adv: torch.Tensor,
-           cfg: TrainConfig, ref_logp: torch.Tensor | None = None) -> dict:
-    """``cfg.ppo_epochs`` passes of ``cfg.mini_batches`` optimizer steps over the rollout's rows.
+           cfg: TrainConfig, ref_logp: torch.Tensor | None = None, temperature: float = 1.0) -> dict:
+    """``cfg.ppo_epochs`` passes of ``cfg.mini_batches`` optimizer steps over the rollout's rows,
+    with log-probs at the sampling ``temperature`` (as the old ones were taken).
 
     The model stays in eval mode (no dropout), as it was for the old log-probs, so the first
     ratio of an on-policy step is exactly 1.
@@ -49,7 +51,7 @@ def update(model, optimizer, scheduler, packed: Packed, old_logp: torch.Tensor, 
             optimizer.zero_grad(set_to_none=True)
             for micro in mini[packed.seq_lens[mini].argsort()].split(cfg.micro_batch_size):  # little padding
                 batch = packed.rows(micro, device)
-                logp = response_logprobs(model, batch)
+                logp = response_logprobs(model, batch, temperature)
                 a, old = adv[micro].to(device), old_logp[micro].to(device)
                 tok_loss, clipped = ppo_token_loss(logp, old, a, cfg.clip_ratio, cfg.clip_ratio_c)
                 loss_sum = (tok_loss * batch.mask).sum()

@@ -1,19 +1,19 @@
-"""One rollout: sample G responses per prompt, verify them, and segment the correct ones into steps."""
+"""One rollout: sample G responses per prompt, verify them with the task, segment the correct ones
+into steps, and label those steps when the task has ground truth."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
 from workbench.config import RolloutConfig
-from workbench.generation import Samples, encode_prompts, sample
-from workbench.organism import task
+from workbench.generation import Samples, sample
 from workbench.steps import Segmentation, segment_batch
-from workbench.training.data import Prompt
-from workbench.verifiers import Verifier
+from workbench.tasks import Prompt, Task
+
+Span = tuple[int, int]
 
 
 @dataclass
@@ -25,6 +25,8 @@ class Rollout:
     truncated: list[bool]
     correct: torch.Tensor  # [P, G] bool
     segments: list[Segmentation | None]  # only correct responses are segmented
+    step_labels: list[list[str] | None]  # the task's true label of each rescalable response's steps
+    labelled: bool  # the task has step labels (the oracle and the precision metrics read them)
 
     @property
     def group_size(self) -> int:
@@ -40,52 +42,56 @@ class Rollout:
         seg = self.segments[i]
         return seg is not None and seg.ok and len(seg.steps) >= 2
 
-    def spans(self) -> list[tuple[list[tuple[int, int]], tuple[int, int]] | None]:
+    def spans(self) -> list[tuple[list[Span], Span] | None]:
         """Absolute (steps, answer) token spans of each rescalable response, None for the rest."""
         return [self.segments[i].absolute(len(p)) if self.rescalable(i) else None
                 for i, p in enumerate(self.prompt_ids)]
 
-    @cached_property
-    def step_labels(self) -> list[list[str] | None]:
-        """Organism ground truth of each rescalable response's steps (None without a problem);
-        labelled once, read by the oracle's scores and by the step metrics."""
-        return [[label for label, _ in task.label_response(p.problem, [t.strip() for t in seg.step_texts])]
-                if p.problem is not None and self.rescalable(i) else None
-                for i, (p, seg) in enumerate(zip(self.prompts, self.segments))]
+    def step_spans(self) -> list[list[Span]]:
+        """Step token spans relative to the response start; empty for responses not rescaled."""
+        return [self.segments[i].steps if self.rescalable(i) else [] for i in range(len(self.response_ids))]
+
+    def answer_lengths(self) -> torch.Tensor:
+        """[N] |F|, the tokens after ``</think>`` (0 for responses not rescaled)."""
+        return torch.tensor([float(self.segments[i].answer[1] - self.segments[i].answer[0]) if self.rescalable(i)
+                             else 0.0 for i in range(len(self.response_ids))])
+
+    def total_lengths(self) -> torch.Tensor:
+        """[N] prompt + response tokens."""
+        return torch.tensor([len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids)])
 
 
 @torch.no_grad()
-def generate_rollout(model, tokenizer, prompts: list[Prompt], cfg: RolloutConfig, verifier: Verifier,
+def generate_rollout(model, tokenizer, task: Task, prompts: list[Prompt], cfg: RolloutConfig,
                      segmenter: str) -> Rollout:
     """Sample ``cfg.group_size`` responses for each prompt with the KV-cached batched sampler."""
     group = [p for p in prompts for _ in range(cfg.group_size)]
-    prompt_ids = encode_prompts(tokenizer, [p.text for p in group])
-    out = sample(model, tokenizer, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                 top_p=cfg.top_p, batch_size=cfg.batch_size)
-    return assemble_rollout(tokenizer, group, out, len(prompts), cfg.group_size, verifier, segmenter)
+    out = sample(model, tokenizer, [p.ids for p in group], max_new_tokens=cfg.max_new_tokens,
+                 temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)
+    return assemble_rollout(tokenizer, task, group, out, len(prompts), cfg.group_size, segmenter)
 
 
-def reference_rollout(tokenizer, prompts: list[Prompt], group_size: int, verifier: Verifier, segmenter: str,
+def reference_rollout(tokenizer, task: Task, prompts: list[Prompt], group_size: int, segmenter: str,
                       rng: random.Random) -> Rollout:
-    """A rollout of the organism's own reference traces instead of samples: teacher-forced
-    responses with known-good format and step labels, for tests and benchmarks."""
+    """A rollout of the task's own reference responses instead of samples: teacher-forced, known
+    correct, with step labels -- for tests and benchmarks (tasks without references raise)."""
     group = [p for p in prompts for _ in range(group_size)]
-    for p in group:
-        if p.problem is None:
-            raise ValueError("reference rollouts need organism prompts (with their problem)")
-    response_ids = [tokenizer(task.sample_trace(rng, p.problem).response, add_special_tokens=False)["input_ids"]
+    response_ids = [tokenizer(task.reference_response(p, rng), add_special_tokens=False)["input_ids"]
                     + [tokenizer.eos_token_id] for p in group]
-    samples = Samples(encode_prompts(tokenizer, [p.text for p in group]), response_ids,
+    samples = Samples([p.ids for p in group], response_ids,
                       tokenizer.batch_decode(response_ids, skip_special_tokens=True), [False] * len(group))
-    return assemble_rollout(tokenizer, group, samples, len(prompts), group_size, verifier, segmenter)
+    return assemble_rollout(tokenizer, task, group, samples, len(prompts), group_size, segmenter)
 
 
-def assemble_rollout(tokenizer, group: list[Prompt], samples: Samples, n_prompts: int, group_size: int,
-                     verifier: Verifier, segmenter: str) -> Rollout:
-    """Verify the decoded responses and segment the correct ones (from their ids)."""
-    correct = [verifier(p.text, text, p.answer) for p, text in zip(group, samples.texts)]
+def assemble_rollout(tokenizer, task: Task, group: list[Prompt], samples: Samples, n_prompts: int,
+                     group_size: int, segmenter: str) -> Rollout:
+    """Verify the decoded responses, segment the correct ones (from their ids) and label their steps."""
+    correct = [task.verify(p, text) for p, text in zip(group, samples.texts)]
     correct_ids = [ids for ok, ids in zip(correct, samples.response_ids) if ok]
     segmented = iter(segment_batch(correct_ids, tokenizer, preset=segmenter))
     segments = [next(segmented) if ok else None for ok in correct]
-    return Rollout(group, samples.prompt_ids, samples.response_ids, samples.texts, samples.truncated,
-                   torch.tensor(correct).view(n_prompts, group_size), segments)
+    rollout = Rollout(group, samples.prompt_ids, samples.response_ids, samples.texts, samples.truncated,
+                      torch.tensor(correct).view(n_prompts, group_size), segments, [], task.has_step_labels)
+    rollout.step_labels = [task.step_labels(p, seg.step_texts) if rollout.rescalable(i) else None
+                           for i, (p, seg) in enumerate(zip(group, segments))]
+    return rollout
