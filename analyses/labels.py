@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.cache import content_key
-from workbench.generation import left_pad
+from workbench.generation import tail_logprobs
 from workbench.models import LoadedModel
 from workbench.traces import TraceRecord, is_organism, jsonl_rows, require_organism
 from workbench.tracing import ScoreCache
@@ -131,22 +131,9 @@ def chunk_labels(records: list[TraceRecord]) -> Labels:
     return out
 
 
-@torch.no_grad()
 def answer_logprobs(loaded: LoadedModel, rows: list[list[int]], answer_len: int, batch_size: int = 8) -> np.ndarray:
-    """Sum of log p(F) for token rows that all end with the same ``answer_len`` tokens of F.
-
-    Rows are left-padded so F sits at the end of every row and only its logits are computed.
-    """
-    model, device = loaded.model, loaded.device
-    out = []
-    for start in range(0, len(rows), batch_size):
-        ids, mask = left_pad(rows[start : start + batch_size], loaded.tokenizer.pad_token_id or 0, device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=answer_len + 1).logits[:, :-1].float()
-        targets = ids[:, ids.shape[1] - answer_len :]
-        out.append(logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0].sum(-1).cpu())
-    return torch.cat(out).numpy()
+    """Sum of log p(F) for token rows that all end with the same ``answer_len`` tokens of F."""
+    return tail_logprobs(loaded.model, loaded.tokenizer.pad_token_id or 0, rows, answer_len, batch_size).sum(-1)
 
 
 def counterfactual_drops(loaded: LoadedModel, records: list[TraceRecord], batch_size: int = 8,

@@ -71,6 +71,15 @@ def bootstrap_ci(per_trace: np.ndarray, n_boot: int = 1000, alpha: float = 0.05,
     return np.quantile(means, alpha / 2, axis=0), np.quantile(means, 1 - alpha / 2, axis=0)
 
 
+def mean_ci(values, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean over traces of per-trace ``values`` with its bootstrap 95% CI (Nones when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    low, high = bootstrap_ci(v, n_boot, seed=seed)
+    return {"mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high), "n": len(v)}
+
+
 @dataclass
 class SRAResult:
     sra: np.ndarray  # [...] mean over valid traces (NaN when none)
@@ -226,8 +235,11 @@ def sra_table(result: Discovery) -> list[dict]:
 
 def heatmap_figure(sra_lh: np.ndarray, title: str = "SRA per head (held-out)", marked: list[Head] | None = None,
                    ci: tuple[np.ndarray, np.ndarray] | None = None, rank: np.ndarray | None = None,
-                   rank_label: str = "", marked_label: str = "KFH", value_label: str = "SRA") -> go.Figure:
-    """Layer x head heatmap, 0.5 (chance) in white, ``marked`` heads starred (with a legend entry).
+                   rank_label: str = "", marked_label: str = "KFH", value_label: str = "SRA",
+                   chance: float | None = 0.5) -> go.Figure:
+    """Layer x head heatmap, ``chance`` (0.5 for SRA) in white on a 0..1 scale, ``marked`` heads
+    starred (with a legend entry).  ``chance=None`` for any other per-head score (e.g. a label-free
+    ranker's, ``value_label`` naming it): its own colour range.
 
     Hovering a cell names the head (``L2H1``) with its value, its CI (``ci``: low and high grids)
     and its rank (``rank``: 1 = best; ``rank_label`` says by what); an invisible marker sits on
@@ -236,8 +248,10 @@ def heatmap_figure(sra_lh: np.ndarray, title: str = "SRA per head (held-out)", m
     """
     n_layers, n_heads = sra_lh.shape
     layers, heads = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
-    fig = go.Figure(go.Heatmap(z=sra_lh, x=np.arange(n_heads), y=np.arange(n_layers), zmin=0, zmax=1, zmid=0.5,
-                               colorscale="RdBu_r", colorbar={"title": value_label}, hoverinfo="skip",
+    scale = {"colorscale": "Viridis"} if chance is None else {"zmin": 0, "zmax": 1, "zmid": chance,
+                                                              "colorscale": "RdBu_r"}
+    fig = go.Figure(go.Heatmap(z=sra_lh, x=np.arange(n_heads), y=np.arange(n_layers), **scale,
+                               colorbar={"title": value_label}, hoverinfo="skip",
                                text=np.round(sra_lh, 2), texttemplate="%{text}" if sra_lh.size <= 400 else None))
     low, high = ci if ci is not None else (np.full_like(sra_lh, np.nan), np.full_like(sra_lh, np.nan))
     ranks = rank if rank is not None else np.full(sra_lh.shape, np.nan)

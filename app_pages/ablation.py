@@ -1,4 +1,5 @@
-"""Step ablation: pass@k after removing the highest / lowest / random KFH-score steps.
+"""Step ablation: pass@k and the answer's log-probability after removing the highest / lowest /
+random KFH-score steps.
 
 Plots the results folder's ``ablation.json`` with what it was made with, and runs a small
 ablation in the background on the current trace set (its correct traces, the KFHs chosen on the
@@ -14,7 +15,7 @@ from threading import Lock
 import pandas as pd
 import streamlit as st
 
-from analyses.ablation import CONDITION_WORDS, MODES, ablation_figure, run_ablation
+from analyses.ablation import CONDITION_WORDS, MEASURES, MODES, ablation_figure, gap_lines, run_ablation, summary_rows
 from app_pages import jobs
 from app_pages.data import Workspace, run_records
 from app_pages.export import figure_downloads
@@ -27,7 +28,7 @@ from workbench.models import LoadedModel
 from workbench.provenance import stamp
 from workbench.traces import verifier_for
 
-SETTINGS = ("n_traces", "m", "mode", "n_samples", "temperature", "traces")
+SETTINGS = ("n_traces", "m", "measure", "mode", "n_samples", "temperature", "traces")
 
 
 def show(result: dict, name: str) -> None:
@@ -36,16 +37,20 @@ def show(result: dict, name: str) -> None:
     fig = ablation_figure(result)
     st.plotly_chart(fig, key=f"fig-{name}")
     figure_downloads(fig, name)
-    table = pd.DataFrame(result["conditions"]).T
-    table.insert(0, "steps removed", [CONDITION_WORDS.get(c, c) for c in table.index])
-    st.dataframe(table, key=f"table-{name}")
-    if result.get("per_trace"):
-        with st.expander(f"Per trace ({len(result['per_trace'])}): steps removed and correct answers "
-                         f"of {result['n_samples']}"):
+    table = pd.DataFrame(summary_rows(result))
+    table.insert(0, "steps removed", [CONDITION_WORDS.get(c, c) for c in table.pop("removed")])
+    st.dataframe(table, hide_index=True, key=f"table-{name}")
+    if lines := gap_lines(result):
+        st.caption("Paired gaps, mean over traces [95% CI]: " + " · ".join(lines))
+    if rows := result.get("per_trace"):
+        measured = ([f"correct answers of {result['n_samples']}"] if any("correct" in r for r in rows) else []) + (
+            ["log p(F)"] if any("logprob" in r for r in rows) else [])
+        with st.expander(f"Per trace ({len(rows)}): steps removed, {' and '.join(measured)}"):
             st.dataframe(pd.DataFrame([{"trace": r["trace_id"],
-                                        **{f"{c} removed": r["removed"][c] for c in r["removed"]},
-                                        **{f"{c} correct": r["correct"][c] for c in r["correct"]}}
-                                       for r in result["per_trace"]]), hide_index=True, key=f"per-trace-{name}")
+                                        **{f"{c} removed": v for c, v in r["removed"].items()},
+                                        **{f"{c} correct": v for c, v in r.get("correct", {}).items()},
+                                        **{f"{c} log p(F)": v["F_total"] for c, v in r.get("logprob", {}).items()}}
+                                       for r in rows]), hide_index=True, key=f"per-trace-{name}")
     answers = [{"trace": r["trace_id"], "steps removed": c, "correct": a["correct"], "answer": a["text"]}
                for r in result.get("per_trace") or [] for c, kept in r.get("answers", {}).items() for a in kept]
     if answers:
@@ -54,7 +59,7 @@ def show(result: dict, name: str) -> None:
 
 
 def ablate(job: jobs.Job, loaded: LoadedModel, lock: Lock, ws: Workspace, heads: list[Head], n_traces: int, m: int,
-           n_samples: int, mode: str) -> dict:
+           n_samples: int, mode: str, measure: str) -> dict:
     """A small ablation of the trace set's first ``n_traces`` correct traces with ``heads`` as KFHs."""
     job.report(0, n_traces, "reading the traces")
     records = {r.trace_id: r for r in run_records(ws, loaded)}
@@ -64,13 +69,13 @@ def ablate(job: jobs.Job, loaded: LoadedModel, lock: Lock, ws: Workspace, heads:
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n_samples)
     result = jobs.locked(job, lock, lambda: run_ablation(
         loaded, [records[ws.traces[i].trace_id] for i in chosen], [ws.step_scores(i, heads) for i in chosen], m,
-        verifier_for(loaded), n_samples=n_samples, ks=ks, mode=mode, progress=False,
+        verifier_for(loaded), n_samples=n_samples, ks=ks, mode=mode, measure=measure, progress=False,
         on_progress=lambda done, total: job.report(done, total, "ablating traces")))
     return {**result, **stamp(loaded), "kfh": [head_name(h) for h in heads],
             "traces": {"source": ws.source, "correct_only": True}}
 
 
-page_header("Step ablation", "ablation", "forced", "pass@k", "KFH")
+page_header("Step ablation", "ablation", "forced", "pass@k", "log p", "KFH")
 folder = results()
 if folder is not None and folder.ablation is not None:
     show_result_file(folder.ablation, SETTINGS, show)
@@ -82,14 +87,18 @@ else:
              "(e.g. `docs/results/organism`) to see its ablation.json.")
 
 st.subheader("Run a small ablation here")
-st.caption("On the correct traces of the current trace set, with the KFHs chosen on the Heads page; "
-           "it runs in the background (this page stays usable) and can be cancelled.")
-c1, c2, c3, c4 = st.columns(4)
+st.caption("On the correct traces of the current trace set, with the KFHs chosen on the Heads page: answers "
+           "are sampled (pass@k) and/or the trace's own answer is scored, teacher-forced, for its "
+           "log-probability (log p). It runs in the background (this page stays usable) and can be cancelled.")
+c1, c2, c3, c4, c5 = st.columns(5)
 n_traces = c1.number_input("traces", 1, 64, 4, key="abl_traces")
 m = c2.number_input("steps removed (m)", 1, 8, 1, key="abl_m")
 n_samples = c3.number_input("answers per trace", 1, 64, 8, key="abl_samples")
 mode = c4.selectbox("mode", MODES, key="abl_mode", help="forced: `</think>` is appended and the answer sampled; "
                                                         "continue: the model may reason on first")
+measure = c5.selectbox("measure", MEASURES, key="abl_measure",
+                       help="passk: sample answers; logprob: score the trace's own answer, no sampling "
+                            "(a signal even where the model never gets the answer right); both")
 if st.button("Run ablation", key="abl_run", type="primary"):
     loaded, ws = model_or_error(settings()), workspace(quiet=True)
     heads = selected_heads(ws) if ws is not None else []
@@ -99,8 +108,10 @@ if st.button("Run ablation", key="abl_run", type="primary"):
         st.error("No KFHs are selected: choose some on the Heads page.")
     elif loaded is not None:
         key = f"ablation-{uuid.uuid4().hex}"
-        args = (loaded, jobs.model_lock(loaded.model), ws, heads, int(n_traces), int(m), int(n_samples), mode)
-        jobs.start(key, f"Ablating {n_traces} traces x 4 conditions x {n_samples} answers",
+        args = (loaded, jobs.model_lock(loaded.model), ws, heads, int(n_traces), int(m), int(n_samples), mode,
+                measure)
+        what = "log p of the answer" if measure == "logprob" else f"{n_samples} answers"
+        jobs.start(key, f"Ablating {n_traces} traces x 4 conditions x {what}",
                    lambda job: ablate(job, *args))
         st.session_state["ablation_job"] = key
 job = jobs.get(st.session_state.get("ablation_job", ""))

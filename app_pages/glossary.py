@@ -36,13 +36,19 @@ TERMS = {
               "of SRA. Organism labels are exact; uploaded traces are labelled by counterfactual log-prob "
               "drops or by Thought Anchors chunk tags.",
     "ablation": "**Step ablation**: from a correct trace, remove m steps (never the plan), then sample "
-                "answers and count how many are right. Conditions: "
+                "answers and count how many are right (pass@k), and/or score the trace's own answer after "
+                "the cut trace (log p). Conditions: "
                 + "; ".join(f"*{k}*: {v}" for k, v in CONDITION_WORDS.items())
                 + ". High scores should matter: removing them should cost the most.",
     "forced": "**forced** mode: after the cut trace, `</think>` is appended and only the answer is sampled. "
               "**continue** mode: the model may keep reasoning from the cut trace first.",
     "pass@k": "**pass@k**: the chance that at least one of k sampled answers is right (unbiased estimate "
               "from n samples per trace), averaged over traces; error bars are 95% CIs over traces.",
+    "log p": "**log p** (log-prob measure): the trace's own answer F is teacher-forced right after the cut "
+             "trace and `</think>`, and its log-probability read (in total and per token; also the reference "
+             "answer's, right after F's `\\boxed{`). No sampling, so it moves even on a model that never "
+             "gets the answer right; the table gives means over traces with 95% bootstrap CIs, the gaps "
+             "are paired per trace (e.g. *low - high*: how much more removing the high-score steps costs).",
     "stability": "**Stability**: on one fixed trace set, each checkpoint's per-head SRA and KFH step scores, "
                  "compared with the first checkpoint: "
                  + "; ".join(f"*{v}* (`{k}`)" for k, v in MEASURES.items()) + ".",

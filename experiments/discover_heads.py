@@ -4,6 +4,7 @@
     python experiments/discover_heads.py --model smollm2 --out runs/kfh-smollm2
     python experiments/discover_heads.py --model path/to/model --traces my-traces.jsonl --labels file:labels.jsonl \\
         --dtype bfloat16 --correct-only --out runs/kfh-mine
+    python experiments/discover_heads.py --model smollm2 --labels none --rank-by receiver --out runs/kfh-free
 
 For a model that is not an organism, --traces defaults to the bundled real R1 traces (labelled by
 their Thought Anchors chunk tags); traces longer than the model's context are dropped with a
@@ -13,6 +14,10 @@ rankers, and the verdict says whether any KFH beats them beyond the CI (printed,
 baselines.json).  Finished traces are cached in OUT/cache, so rerunning a killed command resumes.
 Writes: sra.csv, kfh.json, traces.jsonl, labels.jsonl, scores.safetensors, baselines.json,
 figures/sra_heatmap.*, figures/sra_by_layer.*.
+
+``--labels none``: no labels, so no SRA; the heads are ranked over all traces by a label-free
+ranker (``--rank-by``, analyses/label_free.py).  Writes kfh.json (the ranker recorded, SRA null),
+label_free.csv, traces.jsonl, scores.safetensors, figures/label_free_heatmap.*.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import pandas as pd
 from safetensors.torch import save_file
 
 from analyses.figures import save_figure
+from analyses.label_free import PROXIMITY, RANKERS, as_tensors, gather_evidence, label_free_heads
 from analyses.labels import default_labels, get_labels, label_codes, write_labels
 from analyses.sra import by_layer_figure, discover, has_pairs, heatmap_figure, json_float, rank_grid, sra_table
 from analyses.verdict import verdict
 from workbench.cache import add_cache_arguments, cache_dir
 from workbench.cli import run_command
-from workbench.heads import model_shape
+from workbench.heads import head_name, model_shape
 from workbench.kfh import KFHSelection, save_kfh
 from workbench.models import LoadedModel, add_model_arguments, model_from_args
 from workbench.provenance import stamp
@@ -48,9 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--correct-only", action="store_true",
                    help="keep only traces known to be correct (a trace file's is_correct, or the verifier)")
     p.add_argument("--labels", default=None,
-                   help="organism | file:PATH | counterfactual[:top=F|:threshold=NATS] | chunks "
+                   help="organism | file:PATH | counterfactual[:top=F|:threshold=NATS] | chunks | none "
                         "(default: organism for the organism, chunks when every trace has Thought Anchors "
-                        "chunks, as the bundled R1 traces do, else counterfactual)")
+                        "chunks, as the bundled R1 traces do, else counterfactual; none: rank without labels)")
+    p.add_argument("--rank-by", choices=RANKERS, default="receiver",
+                   help="with --labels none: the label-free ranker (receiver: one forward per trace; "
+                        "counterfactual: K + 1 forwards per trace)")
+    p.add_argument("--proximity", type=int, default=PROXIMITY, help="receiver: nearest later segments left out")
     p.add_argument("--top-n", type=int, default=3)
     p.add_argument("--discovery-frac", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
@@ -70,6 +80,8 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
     labels_spec = args.labels or default_labels(loaded, records)
     folder = cache_dir(args)
     cache = ScoreCache(folder) if folder else None
+    if labels_spec == "none":
+        return label_free(args, loaded, records, cache)
     labels = get_labels(labels_spec, records, loaded, cache=cache)
     codes = [label_codes(x) for x in labels]
     unpaired = [r.trace_id for r, c in zip(records, codes) if not has_pairs(c)]
@@ -122,6 +134,40 @@ def main(argv: list[str] | None = None, loaded: LoadedModel | None = None) -> di
     save_figure(by_layer_figure(result.held_out.sra, result.baselines), out / "figures", "sra_by_layer")
     report(summary, result.discovery.n_traces)
     return summary
+
+
+def label_free(args: argparse.Namespace, loaded: LoadedModel, records: list, cache: ScoreCache | None) -> dict:
+    """``--labels none``: rank heads with ``--rank-by`` over all traces, write kfh.json without SRA."""
+    evidence = gather_evidence(loaded, records, [args.rank_by], cache=cache, batch_size=args.batch_size)
+    heads, scores = label_free_heads(evidence, args.rank_by, args.top_n, args.proximity)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    n_layers, n_heads, _ = model_shape(loaded.model.config)
+    settings = {"n_traces": len(records), "traces": args.traces, "preset": args.preset or default_preset(loaded),
+                "labels": "none", "method": args.rank_by, "proximity": args.proximity, "top_n": args.top_n,
+                "score": [float(scores[h]) for h in heads], "temperature": args.temperature,
+                "max_tokens": args.max_tokens, "correct_only": args.correct_only,
+                "dtype": str(loaded.dtype).removeprefix("torch."), "created": stamp(loaded)["created"],
+                "note": "ranked without labels: no SRA was measured"}
+    sel = KFHSelection(loaded.name, loaded.fingerprint, n_layers, n_heads, heads, [float("nan")] * len(heads),
+                       settings)
+    save_kfh(out / "kfh.json", sel)
+    write_traces(out / "traces.jsonl", records)
+    save_file({r.trace_id: t for r, t in zip(records, as_tensors(evidence.step_scores))},
+              str(out / "scores.safetensors"),
+              metadata={"model": loaded.name, "fingerprint": loaded.fingerprint, "shape": "[layers, heads, steps]"})
+    table = pd.DataFrame([{"layer": l, "head": h, "name": head_name((l, h)), args.rank_by: scores[l, h]}
+                          for l in range(n_layers) for h in range(n_heads)])
+    table.to_csv(out / "label_free.csv", index=False)
+    save_figure(heatmap_figure(scores, f"label-free {args.rank_by} score per head, {len(records)} traces", heads,
+                               value_label=args.rank_by, chance=None), out / "figures", "label_free_heatmap")
+    print(f"\nKFHs by the label-free {args.rank_by} ranker over {len(records)} traces: {', '.join(sel.names)}")
+    print(table.sort_values(args.rank_by, ascending=False).head(max(5, len(heads))).to_string(
+        index=False, float_format=lambda v: f"{v:.3f}"))
+    print("No SRA without labels: these heads are ranked, not validated. Check them with "
+          "experiments/ablate_steps.py --measure logprob, or give labels (--labels file:PATH | counterfactual).")
+    return {"kfh": sel.names, "method": args.rank_by, "scores": {head_name(h): float(scores[h]) for h in heads}}
+
 
 
 def report(summary: dict, n_discovery: int) -> None:

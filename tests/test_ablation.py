@@ -97,7 +97,7 @@ def test_run_ablation_counts_and_skips(tiny_qwen2):
         assert all(0 <= c <= 4 for c in row["correct"].values())
     with pytest.raises(ValueError, match="k <= n samples"):
         run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=4, ks=(8,), progress=False)
-    assert len(ablation_figure(res).data) == 4
+    assert len(ablation_figure(res).data) == 6  # pass@k bars per condition, log p(F) and of the reference
 
 
 def test_ablation_figure_has_ci_error_bars_over_traces():
@@ -152,6 +152,33 @@ def test_ablation_resumes_from_its_cache(tiny_qwen2, tmp_path, monkeypatch):
     assert resumed == whole
 
 
+
+def test_logprob_ablation_resumes_from_its_cache_and_both_reuses_each_measure(tiny_qwen2, tmp_path, monkeypatch):
+    """The log-prob part is cached per trace like pass@k: a killed logprob run resumes scoring only the
+    unfinished traces, and a later ``both`` run reuses the logprob and passk runs' parts, computing nothing."""
+    refs = reference_organism(tiny_qwen2.tokenizer, 3, seed=7)
+    scores = [np.arange(r.n_steps, dtype=float)[::-1] for r in refs]
+    kw = {"n_samples": 2, "ks": (1, 2), "max_new_tokens": 4, "seed": 3, "n_boot": 50, "progress": False}
+    whole = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="logprob", **kw)
+    scored, sampled = [], []
+    real_score, real_sample = analyses.ablation.continuation_logprobs, analyses.ablation.sample_continuations
+    monkeypatch.setattr(analyses.ablation, "continuation_logprobs",
+                        lambda *a, **k: scored.append(1) or real_score(*a, **k))
+    monkeypatch.setattr(analyses.ablation, "sample_continuations",
+                        lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
+    cache = JsonCache(tmp_path / "cache")
+    run_ablation(tiny_qwen2, refs[:1], scores[:1], 1, grade_organism, measure="logprob", cache=cache, **kw)
+    assert len(scored) == 4  # one trace x 4 conditions, then "killed"
+    resumed = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="logprob", cache=cache, **kw)
+    assert len(scored) == 4 + 2 * 4 and resumed == whole
+    passk = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="passk", cache=cache, **kw)
+    assert len(sampled) == 3 * 4
+    both = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="both", cache=cache, **kw)
+    assert len(scored) == 12 and len(sampled) == 12  # nothing computed again
+    assert both == run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="both", **kw)
+    for row, p, lp in zip(both["per_trace"], passk["per_trace"], resumed["per_trace"]):
+        assert row == {**p, **lp}
+
 def test_head_ablation_matches_plain_hooks(tiny_qwen2):
     """nnsight's zero/mean ablation of heads during generation == a forward pre-hook on o_proj."""
     from nnsight import TransformersModel
@@ -203,3 +230,98 @@ def test_head_ablation_refuses_another_layout(tiny_qwen2):
     loaded = LoadedModel(gpt2, tok, "tiny-gpt2", "gpt2-fingerprint")
     with pytest.raises(TypeError, match="self_attn.o_proj.*GPT2LMHeadModel"):
         run_causal(loaded, reference_organism(tok, 1, seed=0), [(0, 0)], grade_organism, progress=False)
+
+
+# ---------------------------------------------------------------- the log-prob measure
+
+def _direct_tail_logprobs(model, ids: list[int], n: int) -> np.ndarray:
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    return np.array([logp[t - 1, ids[t]].item() for t in range(len(ids) - n, len(ids))])
+
+
+def test_answer_targets_find_the_boxed_reference(tiny_qwen2):
+    from dataclasses import replace
+
+    from analyses.ablation import answer_targets
+
+    tok = tiny_qwen2.tokenizer
+    r = reference_organism(tok, 1, seed=3)[0]
+    t = answer_targets(r, tok)
+    assert t.f_ids == r.response_ids[r.seg.answer[0] : r.seg.answer[1]]
+    assert tok.convert_ids_to_tokens(t.box_ids) == ["\\boxed{"] and tok.decode(t.ref_ids).strip() == r.answer
+    wrong = str((int(r.answer) + 1) % 10)
+    t2 = answer_targets(replace(r, answer=wrong, correct=False), tok)  # F boxes another answer: re-spelled
+    assert t2.box_ids == t.box_ids and tok.decode(t2.ref_ids).strip() == wrong
+    assert answer_targets(replace(r, answer=None), tok).ref_ids is None
+
+
+def test_condition_logprobs_equal_a_direct_forward(tiny_qwen2):
+    from analyses.ablation import answer_targets, condition_logprobs
+
+    model, tok = tiny_qwen2.model, tiny_qwen2.tokenizer
+    r = reference_organism(tok, 1, seed=8)[0]
+    t = answer_targets(r, tok)
+    removed = {"none": [], "high": [1, 2], "low": [3]}
+    got = condition_logprobs(tiny_qwen2, r, removed, t)
+    for cond, steps in removed.items():
+        prefix = ablated_prefix(r, steps, "forced")
+        f = _direct_tail_logprobs(model, prefix + t.f_ids, len(t.f_ids))
+        ref = _direct_tail_logprobs(model, prefix + t.box_ids + t.ref_ids, len(t.ref_ids))
+        assert got[cond]["F_total"] == pytest.approx(f.sum(), abs=1e-4)
+        assert got[cond]["F_per_token"] == pytest.approx(f.mean(), abs=1e-5)
+        assert got[cond]["reference_total"] == pytest.approx(ref.sum(), abs=1e-4)
+    assert ablated_prefix(r, [], "forced") + t.f_ids == r.input_ids  # nothing removed: the trace itself
+    assert got["high"]["F_total"] != got["none"]["F_total"]
+
+
+def test_logprob_only_ablation_samples_nothing_and_removes_the_same_steps(tiny_qwen2, monkeypatch):
+    import analyses.ablation as ablation
+
+    refs = reference_organism(tiny_qwen2.tokenizer, 4, seed=9)
+    scores = [np.random.default_rng(i).random(r.n_steps) for i, r in enumerate(refs)]
+    both = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=2, ks=(1, 2), seed=3,
+                        max_new_tokens=4, n_boot=50, progress=False)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the log-prob measure sampled")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ablation, "sample_continuations", no_sampling)
+        lp = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=2, ks=(1, 2), seed=3,
+                          measure="logprob", n_boot=50, progress=False)
+    assert lp["measure"] == "logprob" and lp["ks"] == [] and lp["n_samples"] is None
+    for a, b in zip(both["per_trace"], lp["per_trace"]):
+        assert a["removed"] == b["removed"] and a["logprob"] == b["logprob"] and "correct" not in b
+    for cond in ("none", "high", "low", "random"):
+        c = lp["conditions"][cond]
+        assert not any(k.startswith("pass@") for k in c)
+        v = c["logprob"]["F_total"]
+        assert v["n"] == 4 and v["ci_low"] <= v["mean"] <= v["ci_high"]
+        assert v["mean"] == pytest.approx(np.mean([row["logprob"][cond]["F_total"] for row in lp["per_trace"]]))
+    gap = lp["gaps"]["low - high"]["F_total"]
+    assert gap["mean"] == pytest.approx(lp["conditions"]["low"]["logprob"]["F_total"]["mean"]
+                                        - lp["conditions"]["high"]["logprob"]["F_total"]["mean"])
+    assert "pass@1" in both["gaps"]["low - high"] and "pass@1" not in lp["gaps"]["low - high"]
+    passk = run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, n_samples=2, ks=(1, 2), seed=3,
+                         max_new_tokens=4, measure="passk", progress=False)
+    assert "logprob" not in passk["per_trace"][0] and "logprob" not in passk["conditions"]["high"]
+    assert [len(ablation_figure(r).data) for r in (lp, both, passk)] == [2, 6, 4]
+    with pytest.raises(ValueError, match="unknown measure 'pass'"):
+        run_ablation(tiny_qwen2, refs, scores, 1, grade_organism, measure="pass", progress=False)
+
+
+def test_logprob_measure_separates_high_from_low_on_the_organism(organism):
+    """The shipped KFHs: removing their two highest-score steps costs log p(F) far more than removing
+    the two lowest (the gap's CI excludes 0)."""
+    from workbench.kfh import load_kfh
+    from workbench.traces import sample_organism
+    from workbench.tracing import trace_step_scores
+
+    sel = load_kfh("configs/organism/kfh.json", organism)
+    records = sample_organism(organism, 12, seed=11, correct_only=True, progress=False)
+    scores = [s.numpy().mean(0) for s in trace_step_scores(organism, [r.item() for r in records], heads=sel.heads)]
+    res = run_ablation(organism, records, scores, 2, grade_organism, measure="logprob", n_boot=500, progress=False)
+    gap = res["gaps"]["low - high"]
+    assert gap["F_total"]["ci_low"] > 1.0 and gap["F_per_token"]["ci_low"] > 0
+    assert gap["reference_total"]["mean"] > 0

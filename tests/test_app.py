@@ -411,6 +411,8 @@ def test_launch_small_ablation_and_stability_then_plot_them_from_a_run_dir(organ
     assert ablation["ks"] == [1, 2] and at.get("plotly_chart")
     kfh = at.session_state["view"]["kfh"].split(",")
     assert ablation["kfh"] == kfh and ablation["fingerprint"] == organism.fingerprint and ablation["created"]
+    assert ablation["measure"] == "both" and "F_per_token" in ablation["conditions"]["high"]["logprob"]
+    assert "log p F_per_token" in at.dataframe[0].value.columns
 
     switch(at, "app_pages/stability.py")
     at.number_input(key="stab_traces").set_value(4)
@@ -601,6 +603,28 @@ def test_ablation_page_shows_the_files_warnings_and_sampled_answers(organism, di
     assert len(answers) == len(kept) == 2 * 4 * 2 and not answers["correct"].any()
     assert list(answers["answer"]) == [a["text"] for a in kept]
 
+
+
+def test_a_logprob_ablation_runs_in_the_background_and_shows_its_log_p_table(organism):
+    """The measure selector: a logprob-only run samples no answer; its table holds log p with CIs and no
+    pass@k, and the per-trace table each condition's log p(F)."""
+    at = switch(start(), "app_pages/ablation.py")
+    assert at.selectbox(key="abl_measure").options == ["both", "passk", "logprob"]
+    at.number_input(key="abl_traces").set_value(2)
+    at.selectbox(key="abl_measure").set_value("logprob")
+    at.button(key="abl_run").click().run()
+    settle(at)
+    clean(at)
+    ablation = at.session_state["ablation_run"]
+    assert ablation["measure"] == "logprob" and ablation["ks"] == [] and ablation["n_samples"] is None
+    assert all("correct" not in r and "answers" not in r for r in ablation["per_trace"])
+    tables = [d.value for d in at.dataframe]
+    summary = next(t for t in tables if "steps removed" in t.columns and "log p F_total" in t.columns)
+    assert not any(c.startswith("pass@") for c in summary.columns) and len(summary) == 4
+    per_trace = next(t for t in tables if "trace" in t.columns)
+    assert len(per_trace) == ablation["n_traces"] and "high log p(F)" in per_trace.columns
+    row = ablation["per_trace"][0]
+    assert per_trace["high log p(F)"].iloc[0] == pytest.approx(row["logprob"]["high"]["F_total"])
 
 def test_unreadable_run_files_are_named_not_raised(tmp_path):
     run = tmp_path / "run"

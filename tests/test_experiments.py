@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shlex
 import subprocess
@@ -183,6 +184,30 @@ def test_smollm2_on_real_r1_traces(smollm2, tmp_path):
     stability.main(["--checkpoints", "smollm2", "smollm2", "--traces", str(R1), "--max-tokens", "2100",
                     "--labels", "chunks", "--n-traces", "2", "--out", str(s)], loaded=smollm2)
     _check_stability(s, 2)
+
+
+@pytest.mark.skipif(not R1.exists(), reason=f"real R1 traces not found at {R1}")
+def test_logprob_ablation_of_smollm2_on_a_real_r1_trace_as_a_user_runs_it(smollm2, tmp_path):
+    """``ablate_steps.py --measure logprob`` in a subprocess: SmolLM2 never solves these problems
+    (pass@k is 0), yet the answer's log-probability is finite and moves with what is removed."""
+    from workbench.kfh import KFHSelection, save_kfh
+
+    kfh = save_kfh(tmp_path / "kfh.json", KFHSelection("smollm2", smollm2.fingerprint, 30, 9,
+                                                       [(10, 3), (20, 1), (25, 7)], [float("nan")] * 3))
+    out = tmp_path / "ablate"
+    done = subprocess.run([sys.executable, "experiments/ablate_steps.py", "--model", "smollm2", "--traces", str(R1),
+                           "--max-tokens", "2100", "--n-traces", "1", "--kfh", str(kfh), "--measure", "logprob",
+                           "--out", str(out)], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((out / "ablation.json").read_text())
+    assert res["n_traces"] == 1 and res["measure"] == "logprob" and res["ks"] == []
+    values = res["per_trace"][0]["logprob"]
+    for cond in ABLATION_KEYS:
+        assert all(math.isfinite(values[cond][k]) and values[cond][k] < 0 for k in
+                   ("F_total", "F_per_token", "reference_total", "reference_per_token"))
+    assert len({round(values[c]["F_total"], 4) for c in ABLATION_KEYS}) == 4  # every condition moves log p(F)
+    assert "low - high: F_total" in done.stdout and (out / "figures" / "ablation.html").exists()
 
 
 def test_trace_files_bad_rows_are_named(tiny_qwen2, tmp_path):

@@ -151,6 +151,20 @@ def test_answer_logprobs_rows_of_different_lengths(tiny_qwen2):
     assert np.allclose(got, one, atol=1e-4)
 
 
+def test_long_rows_are_scored_one_at_a_time(tiny_qwen2, monkeypatch):
+    """A padded batch builds rows x heads x T^2 attention scores on the masked path: rows whose batch
+    would pass the budget go alone, and the numbers do not change."""
+    from workbench import generation
+
+    rows = [[1] + list(range(5, 5 + n)) + [7, 8, 9] for n in (3, 40, 4, 5)]
+    batched = answer_logprobs(tiny_qwen2, rows, 2, batch_size=4)
+    heads = tiny_qwen2.model.config.num_attention_heads
+    assert generation._batches(rows, 4, heads) == [[0, 1, 2, 3]]
+    monkeypatch.setattr(generation, "PADDED_ATTENTION_ELEMENTS", 2 * heads * 10**2)  # two rows of <= 10 tokens
+    assert generation._batches(rows, 4, heads) == [[0], [1], [2, 3]]
+    assert np.allclose(answer_logprobs(tiny_qwen2, rows, 2, batch_size=4), batched, atol=1e-4)
+
+
 def _r1_record(row: dict) -> TraceRecord:
     return TraceRecord(row["id"], row["prompt"], row["response"], [], [], segment_text(row["response"], "r1"),
                        meta={"chunks": row["chunks"]})

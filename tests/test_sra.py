@@ -162,5 +162,9 @@ def test_figures(tmp_path):
     assert hover[("L1H1",)][1:].astype(float).tolist() == pytest.approx([0.7, 0.6, 0.8, 2])
     assert list(zip(cells.y, cells.x))[3] == (1, 1) and cells.customdata[3][0] == "L1H1"
     assert rank_grid(np.array([[0.5, np.nan], [0.9, 0.5]])).tolist() == [[2, 4], [1, 3]]
+    assert (fig.data[0].zmin, fig.data[0].zmid, fig.data[0].zmax) == (0, 0.5, 1)
+    other = heatmap_figure(s * 40, value_label="receiver", chance=None)  # a label-free ranker's score
+    assert other.data[0].zmin is None and other.data[0].zmax is None and other.data[0].colorbar.title.text == "receiver"
+    assert "receiver" in other.data[1].hovertemplate
     paths = save_figure(by_layer_figure(s, {"earlier": {"sra": 0.6}}), tmp_path, "by_layer")
     assert (tmp_path / "by_layer.html").stat().st_size > 0 and paths[0].name == "by_layer.html"

@@ -16,7 +16,7 @@ from workbench.heads import kv_head, model_shape
 from workbench.models import LoadedModel
 from workbench.organism import task
 from workbench.tracing import (ScoreCache, StepScoreRecorder, TraceItem, answer_attention, answer_step_scores,
-                               token_batches, trace_step_scores)
+                               token_batches, trace_step_attention, trace_step_scores)
 from workbench.tracing import backends
 
 BACKENDS = ["native", "nnsight", "transformer_lens", "eager"]
@@ -305,6 +305,89 @@ def test_cache_hits_without_retracing(tiny_qwen2, tmp_path, monkeypatch):
             ScoreCache.key(tiny_qwen2.fingerprint, TraceItem(items[0].input_ids, items[0].steps[1:],
                                                              items[0].answer), None)}
     assert len(keys) == 4
+
+
+# ---------------------------------------------------------------- the step x step attention
+
+def eager_step_attention(model, item: TraceItem) -> torch.Tensor:
+    """[L, H, K + 1, K] block means of eager ``output_attentions``: segments = steps + F, columns = steps."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([item.input_ids]), output_attentions=True, use_cache=False)
+    finally:
+        model.set_attn_implementation(before)
+    segments = [*item.steps, item.answer]
+    return torch.stack([
+        torch.stack([torch.stack([p[0, :, m0:m1, n0:n1].double().mean((-2, -1)) for n0, n1 in item.steps], -1)
+                     for m0, m1 in segments], -2)
+        for p in out.attentions]).float()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_step_attention_matches_eager_output_attentions(loaded, batch_size):
+    items = items_for(loaded)
+    got = trace_step_attention(loaded, items, batch_size=batch_size)
+    layers, n_heads, _ = model_shape(loaded.model.config)
+    for item, matrix in zip(items, got):
+        k = len(item.steps)
+        assert matrix.dtype == torch.float32 and matrix.shape == (layers, n_heads, k + 1, k)
+        torch.testing.assert_close(matrix, eager_step_attention(loaded.model, item), atol=1e-6, rtol=1e-5)
+
+
+def test_step_attention_answer_row_is_the_step_score_and_is_causal(tiny_qwen2):
+    items = items_for(tiny_qwen2)
+    for item, matrix, scores in zip(items, trace_step_attention(tiny_qwen2, items),
+                                    trace_step_scores(tiny_qwen2, items)):
+        answer_len = item.answer[1] - item.answer[0]
+        torch.testing.assert_close(matrix[..., -1, :] * answer_len, scores, atol=1e-5, rtol=0)
+        k = len(item.steps)
+        assert torch.all(matrix[..., :k, :].triu(1) == 0)  # a step never sees a later one
+        assert torch.all(matrix.diagonal(dim1=-2, dim2=-1) > 0)
+
+
+def test_step_attention_chunks_heads_and_gaps(tiny_qwen2, monkeypatch):
+    """Rows split into chunks of 7 (across segment boundaries), steps with gaps between them, a head
+    subset: the same numbers as one chunk and all heads."""
+    from workbench.tracing import native
+
+    items = [random_item(len(tiny_qwen2.tokenizer), n, s) for s, n in ((4, 80), (5, 61))]
+    assert any(s1 > e0 for it in items for (_, e0), (s1, _) in zip(it.steps, it.steps[1:]))  # gaps
+    whole = trace_step_attention(tiny_qwen2, items, batch_size=2)
+    heads = [(1, 2), (0, 3), (0, 0)]
+    monkeypatch.setattr(native, "CHUNK_ELEMENTS", 7 * 2 * 80)  # 7 rows for a run of 2 heads
+    chunked = trace_step_attention(tiny_qwen2, items, heads=heads, batch_size=2)
+    for w, c in zip(whole, chunked):
+        torch.testing.assert_close(c, torch.stack([w[l, h] for l, h in heads]), atol=1e-6, rtol=0)
+
+
+def test_step_attention_cache_is_apart_from_step_scores(tiny_qwen2, tmp_path):
+    items = items_for(tiny_qwen2)[:1]
+    cache = ScoreCache(tmp_path)
+    scores = trace_step_scores(tiny_qwen2, items, cache=cache)[0]
+    matrix = trace_step_attention(tiny_qwen2, items, cache=cache)[0]
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    assert matrix.dim() == 4 and scores.dim() == 3
+    assert torch.equal(trace_step_attention(tiny_qwen2, items, cache=cache)[0], matrix)
+
+
+def test_answer_rows_in_chunks_give_the_same_step_scores_and_token_rows(tiny_qwen2, monkeypatch):
+    """The recorder's answer rows split into chunks of 3 (each chunk's keys stop at its last row):
+    step scores and token rows as in one chunk."""
+    from workbench.tracing import native
+
+    items = items_for(tiny_qwen2)
+    heads = [(1, 3), (0, 0), (1, 1)]
+    whole = trace_step_scores(tiny_qwen2, items, heads=heads)
+    rows = [answer_attention(tiny_qwen2, it, heads) for it in items]
+    a1 = max(it.answer[1] for it in items)
+    assert any(it.answer[1] - it.answer[0] > 3 for it in items)
+    monkeypatch.setattr(native, "CHUNK_ELEMENTS", 3 * 2 * a1)  # at most 3 rows for a run of 2 heads
+    for w, c in zip(whole, trace_step_scores(tiny_qwen2, items, heads=heads)):
+        torch.testing.assert_close(c, w, atol=1e-6, rtol=0)
+    for it, r in zip(items, rows):
+        torch.testing.assert_close(answer_attention(tiny_qwen2, it, heads), r, atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------- batching and progress

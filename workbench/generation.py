@@ -1,4 +1,5 @@
-"""Batched sampling with a KV cache, returning the exact token ids sampled.
+"""Batched sampling with a KV cache, returning the exact token ids sampled, and teacher-forced
+log-probabilities of given continuations (`tail_logprobs`, `continuation_logprobs`).
 
 Everything downstream (segmentation, scoring, training) works on the sampled ids, never on
 re-tokenised text, so prompts are left-padded and each response is cut after its first EOS.
@@ -6,8 +7,10 @@ re-tokenised text, so prompts are left-padded and each response is cut after its
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -32,6 +35,63 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
         ids[i, width - len(r) :] = torch.tensor(r)
         mask[i, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
+
+
+PADDED_ATTENTION_ELEMENTS = 1 << 27  # rows x heads x T^2 a padded batch may cost (the masked SDPA path builds it)
+
+
+def _batches(rows: list[list[int]], batch_size: int, n_heads: int) -> list[list[int]]:
+    """Consecutive row indices, at most ``batch_size`` a batch and at most `PADDED_ATTENTION_ELEMENTS`
+    of attention scores; a long row goes alone (unpadded, it runs the memory-lean causal kernel)."""
+    out: list[list[int]] = []
+    for i, row in enumerate(rows):
+        if out and len(out[-1]) < batch_size:
+            width = max(len(row), *(len(rows[j]) for j in out[-1]))
+            if (len(out[-1]) + 1) * n_heads * width**2 <= PADDED_ATTENTION_ELEMENTS:
+                out[-1].append(i)
+                continue
+        out.append([i])
+    return out
+
+
+@torch.no_grad()
+def tail_logprobs(model, pad_id: int, rows: list[list[int]], tail_len: int, batch_size: int = 8) -> np.ndarray:
+    """[len(rows), tail_len] log p of each of the last ``tail_len`` tokens of each row, teacher-forced.
+
+    Rows are left-padded so every tail sits at the end and only its logits are computed; long rows
+    are scored one at a time so no padded batch builds a large attention matrix.
+    """
+    device = next(model.parameters()).device
+    out = []
+    for batch in _batches(rows, batch_size, model.config.num_attention_heads):
+        ids, mask = left_pad([rows[i] for i in batch], pad_id, device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=tail_len + 1).logits[:, :-1].float()
+        targets = ids[:, ids.shape[1] - tail_len :]
+        out.append(logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0].cpu())
+    return torch.cat(out).double().numpy()
+
+
+@torch.no_grad()
+def continuation_logprobs(model, prefix: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
+    """log p of each token of each continuation, teacher-forced after ``prefix``.
+
+    The prefix runs once (unpadded: the memory-lean causal kernel) and each continuation reads a
+    copy of its KV cache, so scoring several short endings of one long trace costs one long forward.
+    """
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
+    first = out.logits[0, -1].float().log_softmax(-1)
+    scored = []
+    for cont in continuations:
+        lp = [first[cont[0]].item()]
+        if len(cont) > 1:
+            cache = copy.deepcopy(out.cache)
+            logits = model(input_ids=torch.tensor([cont[:-1]], device=device), cache=cache, use_cache=True).logits
+            lp += logits[0].float().log_softmax(-1).gather(-1, torch.tensor(cont[1:], device=device)[:, None])[:, 0].tolist()
+        scored.append(np.asarray(lp, dtype=np.float64))
+    return scored
 
 
 @torch.no_grad()

@@ -25,8 +25,9 @@ def format_ok(response: str) -> bool:
     return response.count(THINK_CLOSE) == 1 and THINK_OPEN not in response
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed), or None."""
+def last_boxed_span(text: str) -> tuple[int, int] | None:
+    """[start, end) in ``text`` of the content of the last ``\\boxed{...}`` (nested braces allowed,
+    surrounding whitespace left out), or None."""
     start = text.rfind(BOXED)
     if start < 0:
         return None
@@ -37,8 +38,16 @@ def last_boxed(text: str) -> str | None:
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[i:j].strip()
+                content = text[i:j]
+                lead = len(content) - len(content.lstrip())
+                return i + lead, i + lead + len(content.strip())
     return None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed), or None."""
+    span = last_boxed_span(text)
+    return None if span is None else text[span[0] : span[1]]
 
 
 def grade_math(prompt: str, response: str, answer: str | None) -> bool:

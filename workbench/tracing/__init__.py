@@ -4,7 +4,9 @@
 the backend of your choice -- all give the same numbers -- and an optional disk cache.
 ``StepScoreRecorder`` does the same capture inside a forward pass you run yourself (the
 trainer's log-prob pass); ``answer_attention`` keeps the answer's attention token by token, for a
-few heads (the app's token-level view).
+few heads (the app's token-level view); ``trace_step_attention`` gives each head's step x step
+attention matrix (step_attention.py), for label-free head ranking.  All three are reductions of the
+attention rows one recorder computes (native.py's ``AttentionRecorder``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from workbench.tracing.cache import ScoreCache
 from workbench.tracing.items import TraceItem, check_item
 from workbench.tracing.native import StepScoreRecorder
 from workbench.tracing.reduce import answer_step_scores, span_means
+from workbench.tracing.step_attention import StepAttentionRecorder, step_attention_batches
 
-__all__ = ["TraceItem", "trace_step_scores", "token_batches", "answer_attention", "StepScoreRecorder", "ScoreCache",
-           "answer_step_scores", "span_means", "BACKENDS"]
+__all__ = ["TraceItem", "trace_step_scores", "trace_step_attention", "token_batches", "answer_attention",
+           "StepScoreRecorder", "StepAttentionRecorder", "ScoreCache", "answer_step_scores", "span_means", "BACKENDS"]
 
 
 BATCH_TOKENS = 8192  # padded tokens a tracing batch holds at most: long traces go one or two at a time
@@ -54,12 +57,32 @@ def trace_step_scores(model, items: list[TraceItem], heads: list[Head] | None = 
     and the time left, and says how many traces came from the cache.
     """
     loaded = model if isinstance(model, LoadedModel) else None
-    hf = loaded.model if loaded else model
-    tokenizer = loaded.tokenizer if loaded else None
     if backend not in BACKENDS:
         raise ValueError(f"unknown tracing backend {backend!r}: choose one of {sorted(BACKENDS)}")
-    if backend in ("nnsight", "transformer_lens") and tokenizer is None:
+    if backend in ("nnsight", "transformer_lens") and loaded is None:
         raise ValueError(f"backend {backend!r} needs the tokenizer: pass a LoadedModel")
+    return _trace(model, items, heads, BACKENDS[backend], batch_size, batch_tokens, cache, progress, "tracing")
+
+
+def trace_step_attention(model, items: list[TraceItem], heads: list[Head] | None = None, batch_size: int = 1,
+                         cache: ScoreCache | None = None, progress: bool = False,
+                         batch_tokens: int = BATCH_TOKENS) -> list[torch.Tensor]:
+    """One float32 CPU tensor per item: [L, H, K + 1, K] (``heads=None``), else [len(heads), K + 1, K].
+
+    Each head's step x step attention (step_attention.py); the cache keeps these apart from step
+    scores; ``cache`` and ``progress`` work as for `trace_step_scores`.
+    """
+    return _trace(model, items, heads, step_attention_batches, batch_size, batch_tokens, cache, progress,
+                  "step attention", what="step_attention")
+
+
+def _trace(model, items: list[TraceItem], heads: list[Head] | None, run_batches, batch_size: int, batch_tokens: int,
+           cache: ScoreCache | None, progress: bool, desc: str, what: str | None = None) -> list[torch.Tensor]:
+    """Check the items, look them up in the cache, run the rest shortest first in batches (`token_batches`),
+    storing each finished trace in the cache at once."""
+    loaded = model if isinstance(model, LoadedModel) else None
+    hf = loaded.model if loaded else model
+    tokenizer = loaded.tokenizer if loaded else None
     chosen = all_heads(hf.config) if heads is None else check_heads(heads, hf.config)
     for item in items:
         check_item(item, getattr(hf.config, "max_position_embeddings", None))
@@ -68,25 +91,25 @@ def trace_step_scores(model, items: list[TraceItem], heads: list[Head] | None = 
     keys: list[str] = []
     if cache is not None:
         fingerprint = loaded.fingerprint if loaded else model_fingerprint(hf)
-        keys = [cache.key(fingerprint, it, None if heads is None else chosen) for it in items]
+        keys = [cache.key(fingerprint, it, None if heads is None else chosen, what) for it in items]
         results = [cache.get(k) for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
     if progress and cache is not None and len(todo) < len(items):
-        tqdm.write(f"tracing: {len(items) - len(todo)} of {len(items)} traces reused from the cache in {cache.dir}",
+        tqdm.write(f"{desc}: {len(items) - len(todo)} of {len(items)} traces reused from the cache in {cache.dir}",
                    file=sys.stderr)
     batches = [[todo[j] for j in b] for b in token_batches([len(items[i].input_ids) for i in todo], batch_size,
                                                            batch_tokens)]
     layers, n_heads, _ = model_shape(hf.config)
-    run = BACKENDS[backend](hf, tokenizer, [[items[i] for i in b] for b in batches], chosen)
+    run = run_batches(hf, tokenizer, [[items[i] for i in b] for b in batches], chosen)
     bar = tqdm(total=sum(len(items[i].input_ids) for i in todo), unit="tok", unit_scale=True,
-               disable=not (progress and todo), desc=f"tracing {len(todo)} traces", smoothing=0.1)
+               disable=not (progress and todo), desc=f"{desc} {len(todo)} traces", smoothing=0.1)
     done = 0
     bar.set_postfix_str(f"0/{len(todo)} traces")
     for batch, scores in zip(batches, run):
         for i, s in zip(batch, scores):
             if not torch.isfinite(s).all():
                 raise ValueError(f"trace {items[i].trace_id!r}: NaN/inf in the step scores")
-            results[i] = s.reshape(layers, n_heads, -1) if heads is None else s
+            results[i] = s.reshape(layers, n_heads, *s.shape[1:]) if heads is None else s
             if cache is not None:
                 cache.put(keys[i], results[i])
         done += len(batch)

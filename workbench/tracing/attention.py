@@ -3,7 +3,7 @@
 Where ``trace_step_scores`` reduces the answer rows to one number per step, ``answer_attention``
 keeps the rows themselves, for a few heads: ``[len(heads), |F|, a1]`` with ``a1`` the end of the
 answer span (keys past it are never attended to by F).  It is captured inside the model's own
-forward pass like the step scores (``StepScoreRecorder``), so no T x T attention is built:
+forward pass like the step scores (``AttentionRecorder``), so no T x T attention is built:
 O(H·|F|·T) memory for H requested heads.  Summing the rows over F and averaging over a step's
 tokens gives that step's score S_k.
 """
@@ -14,20 +14,20 @@ import torch
 
 from workbench.heads import Head, check_heads
 from workbench.models import LoadedModel
-from workbench.tracing.items import Span, TraceItem, check_item
-from workbench.tracing.native import StepScoreRecorder
+from workbench.tracing.items import TraceItem, check_item
+from workbench.tracing.native import AttentionRecorder
 
 MAX_HEADS = 64  # a token-level view of a few heads; all heads of a big model would be L·H·|F|·T floats
 
 
-class AnswerAttentionRecorder(StepScoreRecorder):
-    """A ``StepScoreRecorder`` that keeps the answer rows: ``scores[b]`` is ``[len(heads), |F|, a1]``."""
+class AnswerAttentionRecorder(AttentionRecorder):
+    """Keeps the answer rows themselves: ``scores[b]`` is ``[len(heads), |F|, a1]``."""
 
-    def reduce(self, b: int, n_heads: int, answer: Span, chunks) -> torch.Tensor:
-        a0, a1 = answer
+    def reduce(self, b: int, n_heads: int, chunks) -> torch.Tensor:
+        a0, a1 = self.rows[b][1]
         rows = torch.zeros(n_heads, a1 - a0, a1, device=self._steps[b].device)
         for at, r0, r1, probs in chunks:
-            rows[at, r0 - a0 : r1 - a0] = probs
+            rows[at, r0 - a0 : r1 - a0, :r1] = probs
         return rows
 
 

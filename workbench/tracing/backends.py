@@ -19,7 +19,7 @@ import torch
 
 from workbench.heads import Head, hook_name
 from workbench.tracing.items import TraceItem, pad_right
-from workbench.tracing.native import StepScoreRecorder
+from workbench.tracing.native import StepScoreRecorder, record_batches
 from workbench.tracing.reduce import HeadLayout, pattern_step_scores
 
 Batches = list[list[TraceItem]]
@@ -45,12 +45,7 @@ def attn_implementation(model, name: str):
 
 
 def native(model, tokenizer, batches: Batches, heads: list[Head]) -> Iterator[list[torch.Tensor]]:
-    for batch in batches:
-        ids, mask = pad_right(batch, _device(model))
-        names = [f"trace {it.trace_id!r}" for it in batch]
-        with torch.no_grad(), StepScoreRecorder(model, heads, _rows(batch), names) as recorder:
-            model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)  # no LM head: not needed
-        yield recorder.scores
+    return record_batches(StepScoreRecorder, model, batches, heads)
 
 
 def eager(model, tokenizer, batches: Batches, heads: list[Head]) -> Iterator[list[torch.Tensor]]:

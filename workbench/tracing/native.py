@@ -6,6 +6,11 @@ first computes, for the requested heads, only the answer rows of the attention, 
 post-RoPE queries and keys the model hands it, then calls the original implementation unchanged.
 Those rows are reduced at once to step means: O(H·|F|·T) transient memory per layer (less,
 as rows are chunked), O(L·H·K) kept.
+
+``AttentionRecorder`` is that mechanism: it computes the attention rows a reduction asks for
+(from the answer's first token, or from an earlier one) chunk by chunk, and a subclass says what
+they are reduced to -- step scores (``StepScoreRecorder`` here), the answer's token rows
+(attention.py) or the step x step matrix (step_attention.py).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Iterator
+from typing import Self
 
 import torch
 from transformers import AttentionInterface
@@ -20,11 +26,11 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from workbench.heads import Head, check_heads, kv_head, model_shape
-from workbench.tracing.items import Span, check_spans
+from workbench.tracing.items import Span, TraceItem, check_spans, pad_right
 from workbench.tracing.reduce import HeadLayout, span_means
 
-CHUNK_ELEMENTS = 1 << 24  # logits computed per chunk of answer rows: at most 64 MB of fp32
-_ACTIVE: dict[int, "StepScoreRecorder"] = {}  # id(model config) -> the recorder capturing from it
+CHUNK_ELEMENTS = 1 << 24  # logits computed per chunk of query rows: at most 64 MB of fp32
+_ACTIVE: dict[int, "AttentionRecorder"] = {}  # id(model config) -> the recorder capturing from it
 
 
 def _capturing(original: str, name: str):
@@ -55,8 +61,8 @@ def _register(original: str) -> str:
     return name
 
 
-def _answer_mask(mask, b: int, r0: int, r1: int, n_keys: int, kwargs: dict, device) -> torch.Tensor:
-    """How the model masks answer rows [r0, r1) of batch row b, [r1 - r0, n_keys]: a bool tensor
+def _rows_mask(mask, b: int, r0: int, r1: int, n_keys: int, kwargs: dict, device) -> torch.Tensor:
+    """How the model masks query rows [r0, r1) of batch row b, [r1 - r0, n_keys]: a bool tensor
     (True = hidden) or, for eager attention, the model's additive float mask."""
     if mask is not None and mask.dim() == 4:  # SDPA (bool, True = attend) or eager (additive) mask
         m = mask[b if mask.shape[0] > 1 else 0, 0, r0:r1, :n_keys]
@@ -85,13 +91,15 @@ def _kv_runs(heads: list[int], n_heads: int, n_kv: int, device) -> list[tuple[in
     return runs
 
 
-class StepScoreRecorder:
-    """Capture step scores of ``heads`` during an ordinary forward pass (no second pass).
+class AttentionRecorder:
+    """Reduce the attention of ``heads`` during an ordinary forward pass (no second pass).
 
     ``rows[b] = (steps, answer)`` in padded-tensor coordinates of batch row b; padding is read
-    from the attention mask the model builds.  After the ``with`` block, ``scores[b]`` is a
-    float32 CPU tensor [len(heads), K_b].  The model's outputs are unchanged.  One forward pass
-    per recorder.
+    from the attention mask the model builds.  A subclass says from which query row on it reads
+    the attention (`first_row`: the answer's first token unless it says otherwise; rows run to the
+    answer's end) and what each layer's rows are reduced to (`reduce`).  After the ``with`` block,
+    ``scores[b]`` holds every head's reduction, float32 on the CPU, heads first in request order.
+    The model's outputs are unchanged.  One forward pass per recorder.
     """
 
     def __init__(self, model, heads: list[Head], rows: list[tuple[list[Span], Span]], names: list[str] | None = None):
@@ -109,10 +117,10 @@ class StepScoreRecorder:
         self.scores: list[torch.Tensor] = []
         self._parts: list[dict[int, torch.Tensor]] = [{} for _ in rows]
 
-    def __enter__(self) -> "StepScoreRecorder":
+    def __enter__(self) -> Self:
         config = self.model.config
         if id(config) in _ACTIVE:
-            raise RuntimeError("a StepScoreRecorder is already active on this model")
+            raise RuntimeError("an attention recorder is already active on this model")
         self._original = config._attn_implementation or "eager"
         config._attn_implementation = _register(self._original)
         _ACTIVE[id(config)] = self
@@ -149,33 +157,59 @@ class StepScoreRecorder:
         for b, (_, (a0, a1)) in enumerate(self.rows):
             if a1 > query.shape[2]:
                 raise ValueError(f"{self.names[b]}: answer span ({a0}, {a1}) is outside the {query.shape[2]} tokens")
-            chunks = self._answer_rows(module.layer_idx, query[b], key[b], mask, b, (a0, a1), kwargs)
-            self._parts[b][module.layer_idx] = self.reduce(b, len(heads), (a0, a1), chunks)
+            chunks = self._attention_rows(module.layer_idx, query[b], key[b], mask, b, (self.first_row(b), a1),
+                                          kwargs)
+            self._parts[b][module.layer_idx] = self.reduce(b, len(heads), chunks)
 
-    def _answer_rows(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask, b: int, answer: Span,
-                     kwargs: dict) -> Iterator[tuple[slice, int, int, torch.Tensor]]:
-        """The attention of answer rows over keys ``[0, a1)``, chunk by chunk: (where the heads sit
-        in this layer's list, first row, end row, probabilities ``[g, r1 - r0, a1]``)."""
-        a0, a1 = answer
+    def _attention_rows(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask, b: int, span: Span,
+                        kwargs: dict) -> Iterator[tuple[slice, int, int, torch.Tensor]]:
+        """The attention of query rows ``span`` of batch row b, chunk by chunk: (where the heads sit
+        in this layer's list, first row, end row, probabilities ``[g, r1 - r0, r1]``).  A chunk's
+        keys stop at its last row (causal: no row before r1 sees a later key)."""
+        start, end = span
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        keys = key[:, :a1].float()  # [KV, a1, D]
-        chunk = max(1, CHUNK_ELEMENTS // (len(self.layout.by_layer[layer]) * a1))
-        for r0 in range(a0, a1, chunk):
-            r1 = min(r0 + chunk, a1)
-            hidden = _answer_mask(mask, b, r0, r1, a1, kwargs, query.device)  # [r1 - r0, a1]
+        chunk = max(1, CHUNK_ELEMENTS // (len(self.layout.by_layer[layer]) * end))
+        for r0 in range(start, end, chunk):
+            r1 = min(r0 + chunk, end)
+            keys = key[:, :r1].float()  # [KV, r1, D]
+            hidden = _rows_mask(mask, b, r0, r1, r1, kwargs, query.device)  # [r1 - r0, r1]
             for kv, at, idx in self._runs[layer]:
                 q = query[idx, r0:r1].float()  # [g, r1 - r0, D]
                 # one 2-D matmul for the whole run: several times faster on CPU than a batched one
-                logits = (q.reshape(-1, q.shape[-1]) @ keys[kv].T).view(len(idx), r1 - r0, a1).mul_(scaling)
+                logits = (q.reshape(-1, q.shape[-1]) @ keys[kv].T).view(len(idx), r1 - r0, r1).mul_(scaling)
                 if hidden.dtype == torch.bool:
                     logits.masked_fill_(hidden, -torch.inf)
                 else:
                     logits.add_(hidden)
                 yield at, r0, r1, logits.softmax(-1)
 
-    def reduce(self, b: int, n_heads: int, answer: Span, chunks) -> torch.Tensor:
-        """Step scores ``[n_heads, K_b]``: each key's attention mass from F, averaged over each step."""
-        mass = torch.zeros(n_heads, answer[1], device=self._steps[b].device)  # attention each key gets from F
-        for at, _, _, probs in chunks:
-            mass[at] += probs.sum(1)
+    def first_row(self, b: int) -> int:
+        """The first query row the reduction of batch row b reads: the answer's first token."""
+        return self.rows[b][1][0]
+
+    def reduce(self, b: int, n_heads: int, chunks) -> torch.Tensor:
+        """One layer's attention rows of batch row b, as `_attention_rows` yields them -> [n_heads, ...]."""
+        raise NotImplementedError
+
+
+class StepScoreRecorder(AttentionRecorder):
+    """Answer->step scores: ``scores[b]`` is [len(heads), K_b] (only the answer rows are computed)."""
+
+    def reduce(self, b: int, n_heads: int, chunks) -> torch.Tensor:
+        """Each key's attention mass from F, averaged over each step."""
+        mass = torch.zeros(n_heads, self.rows[b][1][1], device=self._steps[b].device)
+        for at, _, r1, probs in chunks:
+            mass[at, :r1] += probs.sum(1)
         return span_means(mass, self._steps[b])
+
+
+def record_batches(recorder: type[AttentionRecorder], model, batches: list[list[TraceItem]],
+                   heads: list[Head]) -> Iterator[list[torch.Tensor]]:
+    """Per batch of items, right-padded, one forward of the model's body (no LM head: not needed)
+    under ``recorder``: yields its ``scores``, one tensor per item."""
+    for batch in batches:
+        ids, mask = pad_right(batch, next(model.parameters()).device)
+        names = [f"trace {it.trace_id!r}" for it in batch]
+        with torch.no_grad(), recorder(model, heads, [(it.steps, it.answer) for it in batch], names) as rec:
+            model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        yield rec.scores
