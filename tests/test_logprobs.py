@@ -27,23 +27,19 @@ def by_hand(model, temperature: float) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("temperature", [0.6, 1.0])
 def test_logprobs_are_those_of_the_sampling_temperature(tiny_qwen2, temperature):
-    model = tiny_qwen2.model
+    model = copy.deepcopy(tiny_qwen2.model)  # the session fixture stays bit-identical
     with torch.no_grad():
         model.lm_head.weight.mul_(30)  # peaked logits, so that the temperature matters
-    try:
-        packed = pack(PROMPTS, RESPONSES, tiny_qwen2.tokenizer.pad_token_id)
-        with torch.no_grad():
-            got = response_logprobs(model, packed, temperature=temperature)
-            want = by_hand(model, temperature)
-            untempered = by_hand(model, 1.0)
-        for i, r in enumerate(RESPONSES):
-            torch.testing.assert_close(got[i, : len(r)].double(), want[i], atol=1e-5, rtol=0)
-            if temperature != 1.0:
-                assert (got[i, : len(r)].double() - untempered[i]).abs().max() > 0.05
-        assert got[0, 3:].abs().max() == 0  # padding
-    finally:
-        with torch.no_grad():
-            model.lm_head.weight.div_(30)
+    packed = pack(PROMPTS, RESPONSES, tiny_qwen2.tokenizer.pad_token_id)
+    with torch.no_grad():
+        got = response_logprobs(model, packed, temperature=temperature)
+        want = by_hand(model, temperature)
+        untempered = by_hand(model, 1.0)
+    for i, r in enumerate(RESPONSES):
+        torch.testing.assert_close(got[i, : len(r)].double(), want[i], atol=1e-5, rtol=0)
+        if temperature != 1.0:
+            assert (got[i, : len(r)].double() - untempered[i]).abs().max() > 0.05
+    assert got[0, 3:].abs().max() == 0  # padding
 
 
 def test_lean_pass_gives_todays_numbers_on_the_organism(organism):
