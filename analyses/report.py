@@ -17,7 +17,7 @@ from analyses.methods import markdown_table
 VERDICT_NOTE = (
     "A difference between two methods counts only when it exceeds the pooled standard deviation over seeds of the "
     "two rows; otherwise the verdict is *within noise*. The power check needs the oracle to be better beyond that "
-    "noise on one axis (accuracy or tokens) and not worse beyond it on the other. The *(ours)* claim compares runs "
+    "noise on one axis (accuracy or tokens) and no worse in mean on the other. The *(ours)* claim compares runs "
     "paired by seed (a seed draws the same prompts in every method) and counts when the mean paired difference "
     "exceeds the std of the differences.")
 
