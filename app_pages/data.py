@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -345,3 +346,16 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     if "step" not in frame:
         raise ValueError(f"{path}: rows have no 'step' field")
     return frame.sort_values("step")
+
+
+def train_command(model: str, organism: bool, kfh_path: Path) -> str:
+    """The trainer invocation that uses ``kfh_path``: the organism AttnPO config (another organism
+    than the first also names its task), or the HF one (SmolLM2 by default; any other model is
+    passed as ``model.name``)."""
+    path = kfh_path.resolve()
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    config = "configs/organism/attnpo.yaml" if organism else "configs/hf/smollm2.yaml"
+    override = "" if model == ("organism" if organism else "smollm2") else f" model.name={shlex.quote(model)}"
+    if organism and model in ORGANISMS and model != "organism":
+        override += f" data.task={shlex.quote(model)}"
+    return f"python -m workbench.train --config {config}{override} kfh.path={shlex.quote(str(shown))}"

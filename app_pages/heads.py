@@ -3,7 +3,6 @@ head in focus with the steps it looks at most, and the export as kfh.json."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from analyses.sra import by_layer_figure, heatmap_figure, rank_grid
-from app_pages.data import Workspace, ticked_heads
+from app_pages.data import Workspace, ticked_heads, train_command
 from app_pages.export import figure_downloads
 from app_pages.glossary import page_header
 from app_pages.state import USER_ERRORS, focused_head, selected_heads, set_selected_heads, set_view, settings, \
@@ -21,16 +20,6 @@ from workbench.kfh import KFHSelection, save_kfh
 
 SPLITS = {"sra": "held-out SRA", "sra_discovery": "discovery SRA"}
 N_EXAMPLES = 6
-
-
-def train_command(model: str, organism: bool, kfh_path: Path) -> str:
-    """The trainer invocation that uses ``kfh_path``: the organism's AttnPO config, or the HF one
-    (SmolLM2 by default; any other model is passed as ``model.name``)."""
-    path = kfh_path.resolve()
-    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
-    config = "configs/organism/attnpo.yaml" if organism else "configs/hf/smollm2.yaml"
-    override = "" if model == ("organism" if organism else "smollm2") else f" model.name={shlex.quote(model)}"
-    return f"python -m workbench.train --config {config}{override} kfh.path={shlex.quote(str(shown))}"
 
 
 def head_examples(ws: Workspace, head: Head, n: int = N_EXAMPLES) -> pd.DataFrame:

@@ -636,3 +636,16 @@ def test_unreadable_run_files_are_named_not_raised(tmp_path):
         switch(at, page)
         assert not at.exception, [e.value for e in at.exception]
         assert [e.value for e in at.error] and all(str(run / name) in e.value for e in at.error)
+
+
+def test_train_command_names_the_task_of_an_organism_other_than_the_first(tmp_path):
+    from app_pages.data import train_command
+
+    kfh = tmp_path / "kfh.json"
+    first = train_command("organism", True, kfh)
+    assert "model.name" not in first and "data.task" not in first
+    hard = train_command("organism-hard", True, kfh)
+    assert "model.name=organism-hard data.task=organism-hard" in hard  # its own model on its own problems
+    own = train_command("/models/r1", False, kfh)
+    assert own.startswith("python -m workbench.train --config configs/hf/smollm2.yaml model.name=/models/r1")
+    assert "data.task" not in own
