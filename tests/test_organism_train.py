@@ -91,3 +91,22 @@ def test_the_shipped_organism_overthinks_in_the_task_format(shipped_eval):
 
 def test_the_shipped_organism_is_competent(shipped_eval):
     assert shipped_eval["accuracy"] >= 0.8, shipped_eval
+
+
+@pytest.fixture(scope="module")
+def hard_eval():
+    """The second organism as ``python -m workbench.organism eval --model organism-hard --n 300
+    --temperature 0.6 --top-p 0.95`` measures it (same seed, same problems)."""
+    from workbench.models import load_model
+
+    torch.manual_seed(12345)
+    hard = load_model("organism-hard", device="cpu")
+    return evaluate(hard.model, hard.tokenizer, held_out_problems(300), temperature=0.6, top_p=0.95)
+
+
+def test_the_second_organism_is_competent_but_not_at_ceiling(hard_eval):
+    r = hard_eval
+    assert 0.75 <= r["accuracy"] <= 0.92, r
+    assert r["redundant_token_fraction"] >= 0.30 and r["segmented_fraction"] >= 0.95, r
+    kinds = r["kinds_per_response"]
+    assert kinds["correction"] > 0 and kinds["shortcut"] > 0 and kinds["slip"] > 0, kinds  # every mechanism shows
