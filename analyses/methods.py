@@ -19,7 +19,7 @@ COLUMNS = [
     ("token_change", "tokens vs start", "{:+.1%}"),
     ("train_tokens", "rollout tokens during training", "{:.1f}"),
     ("redundant_share", "redundant-step share", "{:.3f}"),
-    ("critical_kept", "critical-step share kept", "{:.3f}"),
+    ("critical_kept", "critical steps vs start (ratio)", "{:.3f}"),
     ("attenuation_precision", "attenuation precision", "{:.3f}"),
     ("wall_s", "wall-clock per run (s)", "{:.0f}"),
 ]
