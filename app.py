@@ -112,7 +112,7 @@ def sidebar() -> Settings:
     n_traces = bar.number_input("Organism traces (when sampling)", 4, 100_000, default_n_traces(), key="n_traces",
                                 help="how many traces the organism samples when no run folder gives them; "
                                      "they are kept on disk, and a larger number only samples the extra ones")
-    organism = model == "organism"
+    organism = model in ORGANISMS  # until it loads: then its tokenizer says
     if model:
         try:
             loaded = get_model(model, None if device == "auto" else device)

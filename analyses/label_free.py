@@ -126,7 +126,7 @@ def gather_evidence(loaded: LoadedModel, records: list[TraceRecord], methods: li
     else:
         scores = [s.numpy() for s in trace_step_scores(loaded, items, batch_size=max(batch_size, 8), cache=cache,
                                                        progress=progress)]
-    drops = counterfactual_drops(loaded, records, progress=progress) if want_drops else None
+    drops = counterfactual_drops(loaded, records, progress=progress, cache=cache) if want_drops else None
     return Evidence(scores, matrices, drops)
 
 

@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from scipy import stats
 
 from analyses.figures import short_labels
-from analyses.sra import sra, top_heads
+from analyses.sra import json_float, sra, top_heads
 from workbench.heads import Head, head_name
 
 MEASURES = {  # stability.json key -> what it measures, in words
@@ -62,7 +62,7 @@ def compare(summaries: list[dict], top_n: int) -> dict:
 def stability_result(checkpoints: list[str], summaries: list[dict], kfh: list[Head], top_n: int) -> dict:
     """The core of ``stability.json``: the checkpoints, the measures against the first, the KFHs and
     each checkpoint's per-head SRA grid (NaN as null)."""
-    grids = [[[None if v != v else float(v) for v in row] for row in s["sra"]] for s in summaries]
+    grids = [[[json_float(v) for v in row] for row in s["sra"]] for s in summaries]
     return {"checkpoints": list(checkpoints), **compare(summaries, top_n), "kfh": [head_name(h) for h in kfh],
             "top_n": top_n, "sra": grids}
 

@@ -12,10 +12,16 @@ from workbench.png import png_unavailable, render_png
 PNG_SIZE = {"width": 1100, "height": 650, "scale": 2}
 
 
+@st.cache_resource(show_spinner=False)
+def _png_unavailable() -> str | None:
+    """Why no PNG can be made here, if so: a browser search, so once per app process, not per figure."""
+    return png_unavailable()
+
+
 def figure_downloads(fig: go.Figure, name: str) -> None:
     """HTML and PNG download buttons for ``fig``; files are rendered only when clicked."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "figure"
-    reason = png_unavailable()
+    reason = _png_unavailable()
     reason = reason and f"{reason}; the HTML export works as is."
     left, right = st.columns(2)
     left.download_button("Download HTML", lambda: fig.to_html(include_plotlyjs=True, full_html=True),

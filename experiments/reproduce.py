@@ -38,6 +38,7 @@ from analyses.methods import RunFiles, check_claims, curves_figure, dynamics_tab
     run_row, tokens_accuracy_figure
 from analyses.report import render_report
 from experiments import ablate_steps, discover_heads, stability
+from workbench.cache import write_atomic
 from workbench.cli import run_command
 from workbench.config import Config, load_config
 from workbench.models import load_model
@@ -143,9 +144,7 @@ def run_config(method: str, seed: int, b: Budget, kfh: Path, model: str) -> Conf
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write so that ``path`` is either absent or whole, even if killed mid-write or raced by another worker."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _train_one(method: str, seed: int, b: Budget, kfh: Path, model: str, run_dir: Path, shared_start: Path,

@@ -67,6 +67,5 @@ def test_dtype_bench_compares_each_dtype_with_float32():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {r["dtype"]: r for r in json.loads(done.stdout)["rows"]}
     assert sorted(rows) == ["bfloat16", "float32"]
-    assert rows["float32"]["max_abs_score_diff"] == 0 and rows["float32"]["max_abs_sra_diff"] == 0
     assert rows["bfloat16"]["memory_vs_float32"] == 0.5 and rows["bfloat16"]["tokens"] == rows["float32"]["tokens"]
     assert 0 < rows["bfloat16"]["max_abs_score_diff"] < 0.1 and rows["bfloat16"]["score_spearman"] > 0.9

@@ -148,3 +148,16 @@ def test_an_old_run_directory_still_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_config(old, base=Path.cwd())  # what `--resume` does
     assert cfg.data.task == "organism" and Path(cfg.kfh.path) == ORGANISM / "kfh.json"
+
+
+def test_an_organism_recipe_names_its_organism_and_its_warm_start_relative_to_itself(tmp_path, monkeypatch):
+    from workbench.organism import get_organism
+    from workbench.organism.__main__ import train_config
+
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    recipe = get_organism("organism-hard").recipe
+    for cfg in (train_config("organism-hard", None, []), train_config(None, recipe, [])):
+        assert cfg.organism == "organism-hard"
+        assert Path(cfg.init_from) == (ROOT / "workbench" / "organism" / "checkpoint").resolve()
+    assert train_config("organism", recipe, []).organism == "organism"  # the flag wins over the file
+    assert train_config(None, None, ["steps=3"]).organism == "organism"

@@ -96,7 +96,7 @@ def test_receiver_ignores_attention_to_near_neighbours():
     evidence = Evidence([np.zeros((1, 2, k))], [np.stack([diffuse, recency])[None]])
     far = ranker_scores("receiver", evidence, proximity=4)
     near = ranker_scores("receiver", evidence, proximity=1)
-    assert near[0, 1] > near[0, 0] and far[0, 1] <= far[0, 0] + 1.0
+    assert near[0, 1] > near[0, 0] and far[0, 1] == pytest.approx(far[0, 0])  # kurtosis ignores the 0.1 scale
 
 
 def test_compare_selections_measures_what_a_ranking_gives_away():

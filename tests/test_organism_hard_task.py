@@ -5,6 +5,7 @@ import random
 import pytest
 
 from workbench.organism import ORGANISMS, get_organism, hard_task, organism_of, task
+from workbench.organism.task import apply_op
 from workbench.organism.tokenizer import build_tokenizer
 
 from test_organism_task import pairwise_accuracy
@@ -25,6 +26,9 @@ def test_every_mechanism_occurs_with_its_own_label_kind():
     kinds = {(s.label, s.kind) for t in traces(1000) for s in t.steps}
     assert {("critical", "correction"), ("critical", "shortcut"), ("redundant", "slip"),
             ("redundant", "recheck"), ("critical", "compute")} <= kinds
+    assert all(label in hard_task.LABELS for label, _ in kinds)
+    assert {k for label, k in kinds if label == "critical"} == set(hard_task.CRITICAL_KINDS)
+    assert {k for label, k in kinds if label == "redundant"} == set(hard_task.REDUNDANT_KINDS)
 
 
 def restated(t) -> dict[str, int]:
@@ -34,18 +38,22 @@ def restated(t) -> dict[str, int]:
 
 
 def test_a_slip_is_corrected_at_once_or_carried_into_the_answer():
+    noticed = unnoticed = 0
     for t in traces(1000):
-        steps, answer = t.steps, restated(t)
+        steps, answer, p = t.steps, restated(t), t.problem
         for i, s in enumerate(steps):
-            if s.kind != "slip" or s.words[1] == "no" or len(s.arithmetic) != 4:
-                continue
-            if int(s.arithmetic[0]) != t.problem.value(t.problem.by_name[s.variable].operand):
-                continue  # a slip carried on from upstream, not one of its own
-            nxt = steps[i + 1] if i + 1 < len(steps) else None
-            if nxt is not None and nxt.words[:4] == ["\nWait", ",", "no", ","] and nxt.variable == s.variable:
-                assert answer[s.variable] == int(nxt.words[-2][1:])  # the answer takes the corrected value
-            else:
-                assert answer[s.variable] != t.problem.value(s.variable)  # an unnoticed slip is carried on
+            if s.kind == "slip":  # noticed: the correction comes next and the answer takes its value
+                nxt = steps[i + 1]
+                assert nxt.kind == "correction" and nxt.variable == s.variable
+                assert answer[s.variable] == int(nxt.words[-2][1:]) != int(s.words[-2][1:])
+                noticed += 1
+            elif s.kind == "compute":
+                d = p.by_name[s.variable]
+                x, y = int(s.arithmetic[0]), int(s.arithmetic[-1])
+                if y != apply_op(x, d.op, d.constant):  # unnoticed: the answer goes on from the wrong value
+                    assert answer[s.variable] == y
+                    unnoticed += 1
+    assert noticed > 0 and unnoticed > 0, (noticed, unnoticed)
 
 
 def test_critical_steps_are_what_the_answer_restates():

@@ -183,11 +183,13 @@ def test_killed_discovery_resumes_from_its_cache(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache = killed / "cache"
     deadline = time.time() + 240
-    while len(list(cache.glob("[!.]*.safetensors"))) < 30:
-        assert proc.poll() is None and time.time() < deadline, "the run ended before 30 traces were cached"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    try:
+        while len(list(cache.glob("[!.]*.safetensors"))) < 30:
+            assert proc.poll() is None and time.time() < deadline, "the run ended before 30 traces were cached"
+            time.sleep(0.05)
+    finally:  # whatever happened, the run does not outlive the test
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
     n_cached = len(list(cache.glob("[!.]*.safetensors")))
     assert 30 <= n_cached < 300 and not (killed / "sra.csv").exists()
 

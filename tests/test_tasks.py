@@ -58,8 +58,7 @@ def test_a_chat_template_that_writes_bos_gets_no_second_one(tmp_path, tiny_qwen2
     t = JsonlTask(tok, write_prompts(tmp_path / "p.jsonl", 3), chat_template=True)
     for p in t.train:
         assert p.text.startswith("<bos>") and p.ids[0] == bos and p.ids.count(bos) == 1
-        assert tok.decode(p.ids) == p.text.replace("<bos>", "<bos> ", 1) or p.ids[1:] == tok(
-            p.text[len("<bos>"):], add_special_tokens=False)["input_ids"]
+        assert p.ids[1:] == tok(p.text[len("<bos>"):], add_special_tokens=False)["input_ids"]  # the text, once
     loaded = LoadedModel(tiny_qwen2.model, tok, "tiny", "x")
     cfg = load_config(None, ["data.task=jsonl", f"data.train_file={tmp_path / 'p.jsonl'}", "method.name=tlmre",
                              "rollout.max_new_tokens=2", "rollout.group_size=2"])

@@ -11,7 +11,7 @@ from workbench.attnpo_trl import AttnPOTrainer
 from workbench.attnpo_trl.engine import task_verifier, trl_config
 from workbench.config import Config, load_config
 from workbench.methods import get_method
-from workbench.tasks import Task
+from workbench.tasks import Task, segmenter_for
 from workbench.training.rollout import Rollout
 
 
@@ -43,7 +43,7 @@ def fixed_trainer(model, tokenizer, cfg: Config, rollout: Rollout, task: Task, o
                   processes: int = 1) -> FixedCompletions:
     heads = cfg.kfh.heads if get_method(cfg.method.name).scores == "kfh" else None
     rows = rollout_rows(rollout)
-    trainer = FixedCompletions(model, task_verifier(task, rollout.prompts), trl_config(cfg, out, processes, heads, task.segmenter, False),
+    trainer = FixedCompletions(model, task_verifier(task, rollout.prompts), trl_config(cfg, out, processes, heads, segmenter_for(cfg, task), False),
                                Dataset.from_list(rows), processing_class=tokenizer,
                                step_labeller=lambda row, texts: task.step_labels(rollout.prompts[row["row"]], texts))
     trainer.model.train()

@@ -1,7 +1,7 @@
 """Each of two processes scores its half of a fixed organism rollout through AttnPOTrainer (groups straddle
 the processes); the main process saves every row's token advantages and KFH scores.
 
-    accelerate launch --cpu --num_processes 2 tests/trl_two_process.py OUT.pt
+    accelerate launch --multi_gpu --num_processes 2 tests/trl_two_process.py OUT.pt   (gloo without a GPU)
 """
 
 from __future__ import annotations

@@ -310,7 +310,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
 
 AT_LEAST_ONE = ("rollout.group_size", "rollout.prompts_per_step", "rollout.max_new_tokens", "rollout.batch_size",
                 "train.steps", "train.ppo_epochs", "train.mini_batches", "train.micro_batch_size",
-                "eval.n_prompts", "eval.max_new_tokens")
+                "eval.n_prompts", "eval.max_new_tokens", "trl.vllm_tensor_parallel_size")
 NOT_NEGATIVE = ("train.save_every", "train.keep_checkpoints", "train.warmup_steps", "train.kl_coef", "train.lr",
                 "eval.temperature", "method.alpha", "method.delay_horizon")
 
@@ -351,8 +351,6 @@ def validate(cfg: Config) -> None:
          f"must be colocate or server, got {cfg.trl.vllm_mode!r}")
     need(0 < cfg.trl.vllm_gpu_memory_utilization <= 1, "trl.vllm_gpu_memory_utilization",
          f"must be in (0, 1], got {cfg.trl.vllm_gpu_memory_utilization}")
-    need(cfg.trl.vllm_tensor_parallel_size >= 1, "trl.vllm_tensor_parallel_size",
-         f"must be at least 1, got {cfg.trl.vllm_tensor_parallel_size}")
     rows = cfg.rollout.group_size * cfg.rollout.prompts_per_step
     need(cfg.train.mini_batches <= rows, "train.mini_batches",
          f"{cfg.train.mini_batches} exceeds the {rows} responses of a step")

@@ -20,6 +20,7 @@ import atexit
 import math
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -132,7 +133,10 @@ class _Renderer:
             pass
         except AttributeError:  # no process groups (Windows)
             proc.kill()
-        proc.wait(timeout=CLOSE_TIMEOUT_S)
+        try:
+            proc.wait(timeout=CLOSE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # a SIGKILLed process that does not go: leave it, never hang on it
+            pass
 
     def close(self) -> None:
         """Close the browser at exit; one that does not close within the bound is killed."""

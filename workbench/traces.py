@@ -94,12 +94,12 @@ def is_organism(loaded: LoadedModel) -> bool:
     return organism_of(loaded.tokenizer) is not None
 
 
-def require_organism(tokenizer, what: str) -> Organism:
-    """The organism ``tokenizer`` speaks, or a ValueError saying that ``what`` needs one."""
+def require_organism(tokenizer, what: str,
+                     otherwise: str = "for any other model give a trace or prompt file with --traces FILE") -> Organism:
+    """The organism ``tokenizer`` speaks, or a ValueError saying that ``what`` needs one (and ``otherwise``)."""
     org = organism_of(tokenizer)
     if org is None:
-        raise ValueError(f"{what} needs an organism model (its word-level tokenizer); for any other model "
-                         "give a trace or prompt file with --traces FILE")
+        raise ValueError(f"{what} needs an organism model (its word-level tokenizer); {otherwise}")
     return org
 
 

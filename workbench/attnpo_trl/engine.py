@@ -25,7 +25,6 @@ How the config maps onto TRL (one RL step = one generation batch):
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -42,9 +41,9 @@ from workbench.config import Config, ConfigError, config_to_dict, save_config
 from workbench.heads import head_name
 from workbench.methods import get_method
 from workbench.models import load_model
-from workbench.tasks import Prompt, Task, build_task
+from workbench.tasks import Prompt, Task, build_task, segmenter_for
 from workbench.training.evaluate import held_out_evaluation
-from workbench.training.loop import resolve_heads
+from workbench.training.loop import resolve_heads, write_json
 from workbench.training.metrics import MetricsLog
 from workbench.training.policy import lr_schedule
 from workbench.training.state import CHECKPOINTS, prune_checkpoints, run_checkpoints, truncate_metrics
@@ -189,7 +188,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     task = build_task(cfg, loaded.tokenizer)
     dataset, prompts = prompt_dataset(task, cfg)
     labeller = ((lambda row, texts: task.step_labels(prompts[row["row"]], texts)) if task.has_step_labels else None)
-    segmenter = cfg.data.segmenter or task.segmenter
+    segmenter = segmenter_for(cfg, task)
     args = trl_config(cfg, run_dir, state.num_processes, heads, segmenter, cuda)
     trainer = RunTrainer(loaded.model, task_verifier(task, prompts), args, dataset, step_labeller=labeller,
                          processing_class=loaded.tokenizer, callbacks=[RunLog(run_dir, cfg)], run_dir=run_dir,
@@ -204,15 +203,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
             truncate_metrics(run_dir / "metrics.jsonl", int(checkpoints[-1].name.removeprefix("step_")))
         save_config(cfg, run_dir / "config.yaml")
     if evaluate_start:
-        _write_json(run_dir / "eval_start.json", trainer.evaluate_held_out(task, eval_prompts), main)
+        start_eval = trainer.evaluate_held_out(task, eval_prompts)  # every process samples its share
+        if main:
+            write_json(run_dir / "eval_start.json", start_eval)
     state.wait_for_everyone()
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     if cfg.eval.enabled:
-        _write_json(run_dir / "eval_final.json", trainer.evaluate_held_out(task, eval_prompts), main)
+        final_eval = trainer.evaluate_held_out(task, eval_prompts)
+        if main:
+            write_json(run_dir / "eval_final.json", final_eval)
     state.wait_for_everyone()
     return run_dir
-
-
-def _write_json(path: Path, data: dict, main: bool) -> None:
-    if main:
-        path.write_text(json.dumps(data, indent=2) + "\n")

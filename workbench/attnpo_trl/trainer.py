@@ -256,9 +256,9 @@ class AttnPOTrainer(GRPOTrainer):
         rollout = Rollout([Prompt("", p, None) for p in prompt_ids], prompt_ids, completion_ids, texts, truncated,
                           b.correct_all.view(-1, group), segments, labels, self.step_labeller is not None)
         step = self.rl_step()
-        adv = rollout_advantages(self.method, rollout, scores if self.heads is not None else None, step,
-                                 self.args.method_params)
-        self.last_step = AttnPOStep(step, rollout, scores if self.heads is not None else None, adv)
+        scores = scores if self.heads is not None else None
+        adv = rollout_advantages(self.method, rollout, scores, step, self.args.method_params)
+        self.last_step = AttnPOStep(step, rollout, scores, adv)
 
         metrics = {**step_metrics(rollout, adv), "step": step, "seconds_rollout": b.seconds_rollout,
                    "seconds_scoring": seconds - b.seconds_rollout}

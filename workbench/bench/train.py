@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
     trainers = {name: build(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name=name)), loaded,
                             heads, None)
                 for name in ("tlmre", "attnpo")}
-    plain, kfh = trainers["tlmre"], trainers["attnpo"]
+    plain = trainers["tlmre"]
 
     rng = random.Random(args.seed)
     prompts = plain.task.draw(rng, cfg.rollout.prompts_per_step)
@@ -151,7 +151,7 @@ def run_engines(args: argparse.Namespace) -> dict:
 
     from workbench.attnpo_trl.engine import metrics_row, task_verifier, trl_config
     from workbench.attnpo_trl.trainer import AttnPOTrainer
-    from workbench.tasks import build_task
+    from workbench.tasks import build_task, segmenter_for
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -188,7 +188,7 @@ def run_engines(args: argparse.Namespace) -> dict:
     seconds: dict[str, list[float]] = {"bundled": [], "trl": []}
     rows: dict[str, list[dict]] = {"bundled": [], "trl": []}
     with tempfile.TemporaryDirectory(prefix="kfh-bench-trl-") as out:
-        args_trl = trl_config(cfg, Path(out), 1, [head_name(h) for h in heads], cfg.data.segmenter or task.segmenter,
+        args_trl = trl_config(cfg, Path(out), 1, [head_name(h) for h in heads], segmenter_for(cfg, task),
                               device.type == "cuda")
         args_trl.save_strategy = "no"
         trl = AttnPOTrainer(loaded.model, task_verifier(task, prompts), args_trl, dataset,

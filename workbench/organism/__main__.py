@@ -10,6 +10,18 @@ from pathlib import Path
 from workbench.organism import ORGANISMS, get_organism
 
 
+def train_config(organism: str | None, config: Path | None, overrides: list[str]):
+    """The OrganismTrainConfig to train: ``config`` (default: ``organism``'s recipe) with ``overrides``.
+    ``organism`` given overrides the file's; otherwise the file's own ``organism`` stands.  A relative
+    ``init_from`` in a file is relative to that file."""
+    from workbench.config import load_dataclass
+    from workbench.organism.train import OrganismTrainConfig
+
+    recipe = config or get_organism(organism or "organism").recipe
+    chosen = [f"organism={organism}"] if organism else []
+    return load_dataclass(OrganismTrainConfig, recipe, [*chosen, *overrides], paths=("init_from",))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workbench.organism", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -17,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
                         epilog="Overrides of OrganismTrainConfig (workbench/organism/train.py), key=value, e.g. "
                                "steps=2000 lr=1e-3, or init_from=workbench/organism/checkpoint to continue "
                                "training the shipped checkpoint instead of starting from random weights.")
-    tr.add_argument("--organism", choices=list(ORGANISMS), default="organism",
-                    help="which organism; its recipe (configs/<organism>/organism_train.yaml, if any) is the base")
+    tr.add_argument("--organism", choices=list(ORGANISMS), default=None,
+                    help="which organism (default: the one --config names, else the first); its recipe "
+                         "(configs/<organism>/organism_train.yaml, if any) is the base")
     tr.add_argument("--config", type=Path, default=None, help="a recipe YAML instead of the organism's own")
     tr.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: the shipped one)")
     tr.add_argument("overrides", nargs="*", help="key=value")
@@ -32,13 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "train":
-        from workbench.config import ConfigError, load_dataclass
-        from workbench.organism.train import OrganismTrainConfig, train
+        from workbench.config import ConfigError
+        from workbench.organism.train import train
 
-        org = get_organism(args.organism)
-        recipe = args.config or org.recipe
         try:
-            cfg = load_dataclass(OrganismTrainConfig, recipe, [f"organism={org.name}", *args.overrides])
+            cfg = train_config(args.organism, args.config, args.overrides)
         except ConfigError as e:
             tr.error(str(e))
         summary = train(cfg, args.out)

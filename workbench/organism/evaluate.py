@@ -11,8 +11,9 @@ import random
 from collections import Counter
 
 from workbench.generation import encode_prompts, sample
-from workbench.organism import organism_of, task
+from workbench.organism import task
 from workbench.tasks.base import step_label_stats
+from workbench.traces import require_organism
 
 
 def held_out_problems(n: int, seed: int = 12345) -> list[task.Problem]:
@@ -25,7 +26,7 @@ def evaluate(model, tokenizer, problems: list[task.Problem], temperature: float 
              max_new_tokens: int = 320, batch_size: int = 64) -> dict:
     """Accuracy, lengths, the redundant share of steps and tokens, and the steps of each kind per
     response, over sampled responses, labelled by the task of the organism ``tokenizer`` speaks."""
-    labeller = organism_of(tokenizer).task
+    labeller = require_organism(tokenizer, "the organism evaluation", "it measures organism checkpoints only").task
     out = sample(model, tokenizer, encode_prompts(tokenizer, [p.prompt() for p in problems]),
                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size)
     correct = [labeller.verify(p, t) for p, t in zip(problems, out.texts)]

@@ -29,8 +29,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from workbench.organism.task import (BOX_CLOSE, BOX_OPEN, PROGRESS_WORDS, RECHECK_FORMS, RESTATE_FORMS,
-                                     THINK_CLOSE, Definition, Problem, Step, Trace, apply_op, computation_step,
+from workbench.organism.task import (BOX_CLOSE, BOX_OPEN, LABELS, PROGRESS_WORDS, RECHECK_FORMS, RESTATE_FORMS,
+                                     Problem, Step, Trace, apply_op, computation_step,
                                      extract_answer, is_op_word, is_ref_word, parse_prompt, sample_problem, shortcut_step,
                                      value_word, verify)
 
@@ -39,7 +39,6 @@ __all__ = ["EXTRA_WORDS", "LABELS", "REDUNDANT_KINDS", "CRITICAL_KINDS", "TaskPa
 
 CORRECTION_OPENER = ["\nWait", ",", "no", ","]
 EXTRA_WORDS = ["no"]  # the only word the first organism's vocabulary lacks
-LABELS = ("critical", "redundant", "plan")
 CRITICAL_KINDS = ("compute", "correction", "shortcut")
 REDUNDANT_KINDS = ("distractor", "recheck", "restate", "slip")
 
@@ -162,6 +161,10 @@ def _computation(words: list[str]) -> tuple[str, int, int, bool] | None:
         return None
 
 
+_OPENER = [w.strip() for w in CORRECTION_OPENER]  # as the segmenter hands steps over: stripped
+_PROGRESS = {w.strip() for w in PROGRESS_WORDS}
+
+
 def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, str]]:
     """Ground-truth (label, kind) of each step of a sampled response, from its text alone.
 
@@ -175,8 +178,8 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
     parsed = []
     for i, text in enumerate(step_texts):
         w = text.split()
-        correction = w[:4] == ["Wait", ",", "no", ","]
-        body = w[4:] if correction else w[1:] if w[:1] in (["Now"], ["Then"], ["Next"]) else None
+        correction = w[:len(_OPENER)] == _OPENER
+        body = w[len(_OPENER):] if correction else w[1:] if w[:1] and w[0] in _PROGRESS else None
         parsed.append((w, correction, _computation(body) if body is not None else None))
     last = {comp[0]: i for i, (_, _, comp) in enumerate(parsed) if comp is not None}
     out = []

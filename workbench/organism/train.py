@@ -86,8 +86,8 @@ def token_weights(trace: task.Trace, redundant_weight: float) -> list[float]:
     return weights + [1.0] * (len(trace.answer_words) + 2)  # </think>, the answer, EOS
 
 
-def training_batches(rng: random.Random, tok, batch_size: int, redundant_weight: float = 1.0,
-                     pool_batches: int = 16, trace_task=task):
+def training_batches(rng: random.Random, tok, trace_task, batch_size: int, redundant_weight: float = 1.0,
+                     pool_batches: int = 16):
     """Yield (input_ids, labels, weights) batches of ``trace_task``'s reference traces; each pool of
     traces is sorted by length, then split."""
     while True:
@@ -120,7 +120,7 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     return (ce * w).sum() / w.sum()
 
 
-def sampled_accuracy(model, tok, problems: list[task.Problem], temperature: float = 1.0, trace_task=task) -> float:
+def sampled_accuracy(model, tok, trace_task, problems: list[task.Problem], temperature: float = 1.0) -> float:
     """Accuracy at the temperature the organism is judged at (greedy decoding of a half-trained
     model loops on its most likely step, so it says little)."""
     out = sample(model, tok, encode_prompts(tok, [p.prompt() for p in problems]), max_new_tokens=320,
@@ -162,7 +162,7 @@ def train(cfg: OrganismTrainConfig, out_dir: Path | None = None) -> dict:
     eval_rng = random.Random(10_000 + cfg.seed)
     eval_problems = [org.task.sample_problem(eval_rng) for _ in range(cfg.eval_problems)]
     start, tokens, best, kept, history = time.time(), 0, -1.0, None, []
-    batches = training_batches(rng, tok, cfg.batch_size, cfg.redundant_weight, trace_task=org.task)
+    batches = training_batches(rng, tok, org.task, cfg.batch_size, cfg.redundant_weight)
     for step in range(1, cfg.steps + 1):
         model.train()
         ids, labels, weights = next(batches)
@@ -177,7 +177,7 @@ def train(cfg: OrganismTrainConfig, out_dir: Path | None = None) -> dict:
         minutes = (time.time() - start) / 60
         if step % cfg.eval_every == 0 or step == cfg.steps or minutes > cfg.max_minutes:
             model.eval()
-            acc = sampled_accuracy(model, tok, eval_problems, trace_task=org.task)
+            acc = sampled_accuracy(model, tok, org.task, eval_problems)
             row = {"step": step, "loss": round(loss.item(), 4), "accuracy": acc,
                    "minutes": round(minutes, 2), "tokens_per_s": round(tokens / (time.time() - start))}
             history.append(row)

@@ -15,7 +15,7 @@ from workbench.tasks.base import STEP_LABELS, Prompt, Task, TaskSpec, step_label
 from workbench.tasks.organism import OrganismTask, organism_task_spec
 
 __all__ = ["STEP_LABELS", "TASKS", "OrganismTask", "Prompt", "Task", "TaskSpec", "build_task", "get_task",
-           "register_task", "step_label_stats", "task_names"]
+           "register_task", "segmenter_for", "step_label_stats", "task_names"]
 
 TASKS: dict[str, TaskSpec] = {}
 
@@ -38,6 +38,11 @@ def get_task(name: str) -> TaskSpec:
     if name in ORGANISMS:
         return organism_task_spec(ORGANISMS[name])
     raise KeyError(f"unknown task {name!r}; known: {', '.join(task_names())}")
+
+
+def segmenter_for(cfg: Config, task: Task) -> str:
+    """The steps preset a run segments responses with: ``data.segmenter`` when set, else the task's."""
+    return cfg.data.segmenter or task.segmenter
 
 
 def build_task(cfg: Config, tokenizer) -> Task:

@@ -43,8 +43,7 @@ class OrganismTask(Task):
         return [self._prompt(self.organism.task.sample_problem(rng)) for _ in range(n)]
 
     def held_out(self, n: int, seed: int) -> list[Prompt]:
-        rng = random.Random(seed)
-        return [self._prompt(self.organism.task.sample_problem(rng)) for _ in range(n)]
+        return self.draw(random.Random(seed), n)
 
     def held_out_info(self, seed: int) -> dict:
         return {"source": f"fresh {self.name} problems", "seed": seed,

@@ -169,9 +169,10 @@ class AttentionRecorder:
         start, end = span
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         chunk = max(1, CHUNK_ELEMENTS // (len(self.layout.by_layer[layer]) * end))
+        all_keys = key[:, :end].float()  # [KV, end, D], converted once for every chunk
         for r0 in range(start, end, chunk):
             r1 = min(r0 + chunk, end)
-            keys = key[:, :r1].float()  # [KV, r1, D]
+            keys = all_keys[:, :r1]
             hidden = _rows_mask(mask, b, r0, r1, r1, kwargs, query.device)  # [r1 - r0, r1]
             for kv, at, idx in self._runs[layer]:
                 q = query[idx, r0:r1].float()  # [g, r1 - r0, D]

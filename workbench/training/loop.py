@@ -30,7 +30,7 @@ from workbench.heads import Head, check_heads, parse_head
 from workbench.kfh import load_kfh
 from workbench.methods import Advantages, Method, get_method
 from workbench.models import LoadedModel, best_device, load_model
-from workbench.tasks import Prompt, Task, build_task
+from workbench.tasks import Prompt, Task, build_task, segmenter_for
 from workbench.training.batch import Packed, autocast, pack
 from workbench.training.evaluate import held_out_evaluation
 from workbench.training.logprobs import check_head
@@ -72,7 +72,7 @@ class Trainer:
 
     @property
     def segmenter(self) -> str:
-        return self.cfg.data.segmenter or self.task.segmenter
+        return segmenter_for(self.cfg, self.task)
 
     def rollout(self, prompts: list[Prompt]) -> Rollout:
         with autocast(next(self.model.parameters()).device):
@@ -180,7 +180,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
         truncate_metrics(run_dir / "metrics.jsonl", start)
     save_config(cfg, run_dir / "config.yaml")
     if cfg.eval.enabled and not (run_dir / "eval_start.json").exists():
-        _write_json(run_dir / "eval_start.json", evaluate(trainer, eval_prompts))
+        write_json(run_dir / "eval_start.json", evaluate(trainer, eval_prompts))
 
     log = MetricsLog(run_dir, cfg.logging, config_to_dict(cfg))
     bar = tqdm(range(start + 1, cfg.train.steps + 1), initial=start, total=cfg.train.steps,
@@ -197,7 +197,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     finally:
         log.close()
     if cfg.eval.enabled:
-        _write_json(run_dir / "eval_final.json", evaluate(trainer, eval_prompts))
+        write_json(run_dir / "eval_final.json", evaluate(trainer, eval_prompts))
     return run_dir
 
 
@@ -206,7 +206,8 @@ def evaluate(trainer: Trainer, prompts: list[Prompt]) -> dict:
     return held_out_evaluation(trainer.model, trainer.tokenizer, trainer.task, prompts, trainer.cfg, trainer.segmenter)
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """A run file: indented JSON and a final newline (both engines write the same)."""
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
