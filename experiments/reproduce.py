@@ -63,6 +63,7 @@ class Budget:
     jobs: int = 1  # runs at once, each in its own process with cpu_count / jobs threads
     save_every: int = 20
     eval_prompts: int = 256
+    prompts_per_step: int = 8  # RL prompts per step, each sampled group_size times
     discover_traces: int = 200
     ablation_traces: int = 60
     ablation_samples: int = 16
@@ -86,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--seeds", type=int, help="seeds per method")
     p.add_argument("--steps", type=int, help="RL steps per run")
+    p.add_argument("--prompts-per-step", type=positive_int, help="RL prompts per step (default 8)")
     p.add_argument("--jobs", type=positive_int, default=default_jobs(),
                    help="training runs at once (default: 1 on a GPU, else 2 or the core count if lower)")
     p.add_argument("--fresh", action="store_true", help="delete --out and the work folder first")
@@ -106,6 +108,8 @@ def default_jobs() -> int:
 
 def budget_from(args: argparse.Namespace) -> Budget:
     b = dataclasses.replace(QUICK if args.quick else Budget(), jobs=args.jobs)
+    if args.prompts_per_step:
+        b.prompts_per_step = args.prompts_per_step
     if args.seeds:
         b.seeds = args.seeds
     if args.steps:
@@ -134,7 +138,8 @@ def run_config(method: str, seed: int, b: Budget, kfh: Path, model: str) -> Conf
     """A method's shipped config on ``model`` (its checkpoint and task) with this run's seed and budget
     (the KFHs from stage 1)."""
     overrides = [f"model.name={model}", f"data.task={model}", f"train.seed={seed}", f"train.steps={b.steps}",
-                 f"train.save_every={b.save_every}", f"train.lr={b.lr}", f"eval.n_prompts={b.eval_prompts}",
+                 f"train.save_every={b.save_every}", f"train.lr={b.lr}",
+                 f"rollout.prompts_per_step={b.prompts_per_step}", f"eval.n_prompts={b.eval_prompts}",
                  "logging.progress=false"]
     cfg = load_config(CONFIGS / f"{method}.yaml", overrides)
     if cfg.kfh.path is not None:

@@ -187,6 +187,18 @@ def test_reproduce_quick_runs_every_stage_and_writes_the_report(tmp_path):
     assert json.dumps(again["methods"]) == json.dumps(summary["methods"])  # NaN-safe comparison
 
 
+def test_the_budget_reaches_every_run_config(tmp_path):
+    from experiments import reproduce
+
+    def rollouts(argv):
+        b = reproduce.budget_from(reproduce.parse_args(argv))
+        cfg = reproduce.run_config("tlmre", 0, b, tmp_path / "kfh.json", argv[1])
+        return cfg.rollout.prompts_per_step, cfg.train.steps, cfg.train.lr
+
+    assert rollouts(["--model", "organism-hard"]) == (8, 60, 3e-4)
+    assert rollouts(["--model", "organism-hard", "--prompts-per-step", "16", "--steps", "30"]) == (16, 30, 3e-4)
+
+
 def test_power_check_needs_the_oracle_to_dominate_tlmre():
     def verdict(oracle, tlmre):
         (c,) = [c for c in check_claims(table_of({"tlmre": tlmre, "oracle": oracle}), None, [])

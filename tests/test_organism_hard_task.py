@@ -57,8 +57,8 @@ def test_a_slip_is_corrected_at_once_or_carried_into_the_answer():
 
 
 def test_critical_steps_are_what_the_answer_restates():
-    """One critical step per chain variable (a shortcut covers two): the last computation of it,
-    whose value the answer restates, right or wrong."""
+    """One critical step per chain variable (a shortcut covers two): the computation that wrote
+    the value the answer restates, right or wrong, and nothing computes it again afterwards."""
     for t in traces(1000):
         chain, answer = t.problem.chain()[:-1], restated(t)
         critical = [s for s in t.steps if s.label == "critical"]
@@ -76,14 +76,19 @@ def test_labels_of_a_sampled_response():
              "Wait , no , a =c+3 , c =4 , a =7 .",  # ... and its correction
              "Then d =e-5 , e =9 , d =4 .",
              "Next b =a*2 , a =7 , b =4 .",
-             "Wait , no , b =a*2 , a =7 , b =4 . =4",  # a repeat (with a stray word after its '.')
+             "Wait , no , b =a*2 , a =7 , b =4 . =4",  # corrects nothing: a confirming repeat (a stray word after '.')
              "Let me verify 7 *2 = 4 .",
              "So c =4 from the problem .",
              "Hmm"]
     assert hard_task.label_response(p, steps) == [
         ("plan", "plan"), ("redundant", "slip"), ("critical", "correction"), ("redundant", "distractor"),
-        ("redundant", "repeat"), ("critical", "correction"), ("redundant", "recheck"), ("redundant", "restate"),
+        ("critical", "compute"), ("redundant", "repeat"), ("redundant", "recheck"), ("redundant", "restate"),
         ("redundant", "other")]
+    # the value in force is first written by the second computation: a slip back and forth, then a repeat
+    b_writes = ["Now b =a*2 , a =7 , b =4 .", "Wait , no , b =a*2 , a =7 , b =5 .", "Wait , no , b =a*2 , a =7 , b =4 .",
+                "Wait , no , b =a*2 , a =7 , b =4 ."]
+    assert hard_task.label_response(p, steps[:3] + b_writes)[3:] == [
+        ("redundant", "slip"), ("redundant", "slip"), ("critical", "correction"), ("redundant", "repeat")]
     unnoticed = hard_task.label_response(p, steps[:2] + ["Next b =a*2 , a =4 , b =8 ."])
     assert unnoticed[1:] == [("critical", "compute"), ("critical", "compute")]  # wrong, but what the answer uses
 

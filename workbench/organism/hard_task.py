@@ -20,8 +20,11 @@ needs -- what a plain length penalty cannot tell from overthinking:
 
 Distractor computations and restated givens stay as in the first organism.  Every slip is followed
 at once by its correction when there is one, and nothing is inserted between the two.  Labels say
-what the answer depends on: each chain variable's last computation is critical, right or wrong (in a
-correct response it is the right one); an earlier computation it supersedes is redundant.
+what the answer depends on: for each chain variable, the computation that first wrote the value in
+force when the think block closes is critical, right or wrong (in a correct response it is the right
+one).  A correction that changes a value is therefore critical and the slip it supersedes redundant,
+while a later computation that writes the same value again -- a ``Wait , no`` that corrects nothing --
+only confirms it and is redundant, as a confirming re-check is.
 """
 
 from __future__ import annotations
@@ -168,11 +171,12 @@ _PROGRESS = {w.strip() for w in PROGRESS_WORDS}
 def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, str]]:
     """Ground-truth (label, kind) of each step of a sampled response, from its text alone.
 
-    Critical are the steps the answer depends on: for each chain variable, the last computation
-    of it (a computation, a correction or a shortcut), whose value is the one in force when the
-    think block closes, right or wrong.  An earlier computation of the same variable is
-    superseded: a ``slip`` when the later one changed its value, a ``repeat`` when not.
-    Off-chain computations are distractors; re-checks and restated givens are redundant.
+    For each chain variable, the critical step is the computation (a computation, a correction or
+    a shortcut) that first wrote the value in force when the think block closes, right or wrong.
+    Every other computation of it is redundant: a ``repeat`` when it wrote again the value already
+    in force (a correction that corrects nothing is a confirming re-check in the correction's
+    words), else a ``slip`` (a value a later computation changed).  Off-chain computations are distractors;
+    re-checks and restated givens are redundant.
     """
     chain = set(problem.chain())
     parsed = []
@@ -181,7 +185,17 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
         correction = w[:len(_OPENER)] == _OPENER
         body = w[len(_OPENER):] if correction else w[1:] if w[:1] and w[0] in _PROGRESS else None
         parsed.append((w, correction, _computation(body) if body is not None else None))
-    last = {comp[0]: i for i, (_, _, comp) in enumerate(parsed) if comp is not None}
+    writes: dict[str, list[int]] = {}  # chain variable -> its computations' step indices, in order
+    for i, (_, _, comp) in enumerate(parsed):
+        if comp is not None and comp[0] in chain:
+            writes.setdefault(comp[0], []).append(i)
+    critical = set()
+    for steps in writes.values():
+        k = len(steps) - 1
+        while k > 0 and parsed[steps[k - 1]][2][2] == parsed[steps[-1]][2][2]:
+            k -= 1  # back to the first of the final run of writes of the value in force
+        critical.add(steps[k])
+    value_before = {i: parsed[s[j]][2][2] for s in writes.values() for j, i in enumerate(s[1:])}
     out = []
     for i, (w, correction, comp) in enumerate(parsed):
         if i == 0 and w[:1] == ["Need"]:
@@ -190,10 +204,10 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
             name, _, y, merged = comp
             if name not in chain:
                 out.append(("redundant", "distractor"))
-            elif last[name] == i:
+            elif i in critical:
                 out.append(("critical", "correction" if correction else "shortcut" if merged else "compute"))
             else:
-                out.append(("redundant", "repeat" if parsed[last[name]][2][2] == y else "slip"))
+                out.append(("redundant", "repeat" if value_before.get(i) == y else "slip"))
         elif w[:1] == ["So"]:
             out.append(("redundant", "restate"))
         elif w[:1] in (["Wait"], ["Let"]):
