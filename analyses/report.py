@@ -32,7 +32,7 @@ def render_report(summaries: list[dict], report: Path, notes_dir: Path | None = 
         lines.append(
             f"- **{s['model']}**: `python experiments/reproduce.py --model {s['model']}` in {s['minutes']} minutes "
             f"({b['seeds']} seeds x {len(s['methods'])} methods x {b['steps']} RL steps of "
-            f"{b.get('prompts_per_step', 8)} prompts x 8 responses at learning rate {b['lr']:g} "  # 8: before it was a budget key
+            f"{b.get('prompts_per_step', 8)} prompts at learning rate {b['lr']:g} "  # 8: the budget before it was a key
             f"from the shipped checkpoint, {b['jobs']} run(s) at a time; held-out evaluation on {b['eval_prompts']} "
             "fresh prompts at temperature 0.6, top-p 0.95). Stage minutes: "
             + ", ".join(f"{k} {v}" for k, v in s["stage_minutes"].items()) + f". Files: `{rel(s['out'])}/`.")
