@@ -175,8 +175,8 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
     a shortcut) that first wrote the value in force when the think block closes, right or wrong.
     Every other computation of it is redundant: a ``repeat`` when it wrote again the value already
     in force (a correction that corrects nothing is a confirming re-check in the correction's
-    words), else a ``slip`` (a value a later computation changed).  Off-chain computations are distractors;
-    re-checks and restated givens are redundant.
+    words), else a ``slip`` (a value a later computation changed).  Off-chain computations are
+    distractors; re-checks and restated givens are redundant.
     """
     chain = set(problem.chain())
     parsed = []
@@ -185,17 +185,17 @@ def label_response(problem: Problem, step_texts: list[str]) -> list[tuple[str, s
         correction = w[:len(_OPENER)] == _OPENER
         body = w[len(_OPENER):] if correction else w[1:] if w[:1] and w[0] in _PROGRESS else None
         parsed.append((w, correction, _computation(body) if body is not None else None))
-    writes: dict[str, list[int]] = {}  # chain variable -> its computations' step indices, in order
+    writes: dict[str, list[tuple[int, int]]] = {}  # chain variable -> (step index, value written), in order
     for i, (_, _, comp) in enumerate(parsed):
         if comp is not None and comp[0] in chain:
-            writes.setdefault(comp[0], []).append(i)
-    critical = set()
-    for steps in writes.values():
-        k = len(steps) - 1
-        while k > 0 and parsed[steps[k - 1]][2][2] == parsed[steps[-1]][2][2]:
+            writes.setdefault(comp[0], []).append((i, comp[2]))
+    critical, value_before = set(), {}
+    for ws in writes.values():
+        k = len(ws) - 1
+        while k > 0 and ws[k - 1][1] == ws[-1][1]:
             k -= 1  # back to the first of the final run of writes of the value in force
-        critical.add(steps[k])
-    value_before = {i: parsed[s[j]][2][2] for s in writes.values() for j, i in enumerate(s[1:])}
+        critical.add(ws[k][0])
+        value_before.update((i, before) for (_, before), (i, _) in zip(ws, ws[1:]))
     out = []
     for i, (w, correction, comp) in enumerate(parsed):
         if i == 0 and w[:1] == ["Need"]:
